@@ -1,0 +1,99 @@
+"""Every setting, declared once: default, help text, and `THREATQA_<NAME>` environment variable.
+
+The README's settings table is generated from this class (`threatqa settings --markdown`)
+and a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from threatqa.errors import ConfigError
+
+DEFAULT_MODEL = "Snowflake/snowflake-arctic-embed-xs"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; immutable once built."""
+
+    model_config = SettingsConfigDict(env_prefix="THREATQA_", frozen=True, extra="forbid")
+
+    docs: Path = Field(Path("docs"), description="Folder of documents to index (searched recursively).")
+    index: Path = Field(Path("index"), description="Folder that holds the built index.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Embedding model: a Hugging Face hub name or a local sentence-transformers folder. "
+        "Empty string: lexical (BM25) mode only.",
+    )
+    rerank_model: str = Field(
+        "",
+        description="Optional cross-encoder for re-ranking (hub name or local folder); empty: no re-ranking.",
+    )
+    hub_timeout: float = Field(
+        3.0, description="Seconds to wait for the model hub before falling back to lexical mode.", gt=0
+    )
+    chunk_size: int = Field(
+        300,
+        description="Target passage size in characters: a passage takes in following paragraphs until it "
+        "is this long.",
+        ge=20,
+        le=20000,
+    )
+    chunk_max: int = Field(
+        2000, description="Largest passage in characters; longer paragraphs are split at sentences.", ge=50, le=50000
+    )
+    chunk_overlap: int = Field(
+        1, description="Sentences shared by consecutive passages when a long paragraph is split.", ge=0, le=10
+    )
+    top_k: int = Field(5, description="Passages returned per question.", ge=1, le=100)
+    candidates: int = Field(
+        50, description="Candidates taken from each retriever before fusion and re-ranking.", ge=1, le=10000
+    )
+    min_relevance: float = Field(
+        0.15,
+        description="Abstain (answered: false) when the best passage covers less than this share of the "
+        "question's weighted terms.",
+        ge=0.0,
+        le=1.0,
+    )
+    min_dense_score: float = Field(
+        0.55,
+        description="With a dense model, also answer when the best cosine similarity reaches this value.",
+        ge=-1.0,
+        le=1.0,
+    )
+    max_question_chars: int = Field(
+        2000, description="Questions longer than this are truncated (with a notice) before retrieval.", ge=10
+    )
+    max_file_mb: float = Field(50.0, description="Files larger than this are skipped with a warning.", gt=0)
+    audit: Path = Field(
+        Path("audit/audit.sqlite3"),
+        description="Audit log file (append-only SQLite); kept outside the index folder.",
+    )
+    host: str = Field("127.0.0.1", description="Address the web server listens on.")
+    port: int = Field(7860, description="Port the web server listens on.", ge=1, le=65535)
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Build settings from the environment, with explicit (non-None) overrides on top."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']} (got {err.get('input')!r})"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid setting: {problems}") from None
+
+
+def settings_markdown() -> str:
+    """The settings table for the README: name, environment variable, default, help."""
+    rows = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = f"`{default}`" if default not in ("", None) else "(empty)"
+        rows.append(f"| {name} | `THREATQA_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)

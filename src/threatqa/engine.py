@@ -1,0 +1,154 @@
+"""The one core behind the CLI, the HTTP API and the UI: settings -> models + index -> answers."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from threatqa.answer import Answer, build_answer
+from threatqa.chunking import ChunkConfig
+from threatqa.config import Settings
+from threatqa.embeddings import HOW_TO_PROVIDE, Embedder, load_embedder, load_reranker
+from threatqa.errors import IndexMissing, ModelUnavailable
+from threatqa.index import BuildReport, DocumentInfo, Index, build_index, check_model, current_version, is_stale, open_index
+from threatqa.retrieval import Retriever
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Status:
+    """What is running, for start-up messages and /api/health."""
+
+    mode: str
+    documents: int
+    passages: int
+    index_version: str
+    model: str | None
+    notices: tuple[str, ...]
+
+
+class Engine:
+    """Answers questions from one index; `reload()` switches to a newer index version atomically."""
+
+    def __init__(self, settings: Settings, retriever: Retriever, notices: list[str]) -> None:
+        self.settings = settings
+        self._retriever = retriever
+        self._documents = {d.id: d for d in retriever.index.documents()}
+        self.notices = tuple(notices)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls, settings: Settings, build: str = "missing", log: Callable[[str], None] = _stderr) -> Engine:
+        """Load models and index. build: "never", "missing" (build when there is no index) or
+        "stale" (also rebuild when the docs folder or the model changed)."""
+        notices: list[str] = []
+
+        def note(message: str) -> None:
+            notices.append(message)
+            log(f"threatqa: {message}")
+
+        embedder: Embedder | None = None
+        tried = False
+        missing = current_version(settings.index) is None
+        if build == "stale" or (build == "missing" and missing):
+            embedder, tried = _try_embedder(settings, note), True
+            model = embedder.name if embedder else None
+            if missing or is_stale(settings.docs, settings.index, model, chunk_config(settings)):
+                report = index_folder(settings, embedder, log)
+                log(f"threatqa: {describe_build(report)}")
+        index = open_index(settings.index)
+        if index.has_dense and not tried:
+            embedder = _try_embedder(settings, note)
+        if embedder is not None and index.has_dense:
+            check_model(index.manifest, embedder.name, embedder.dimension)
+        elif embedder is not None:
+            note("the index has no dense vectors (it was built in lexical mode); run `threatqa index` to add them")
+        reranker = None
+        if settings.rerank_model:
+            try:
+                reranker = load_reranker(settings.rerank_model, settings.hub_timeout)
+            except ModelUnavailable as exc:
+                note(f"re-ranking skipped: {exc}")
+        retriever = _retriever(settings, index, embedder, reranker)
+        return cls(settings, retriever, notices)
+
+    @property
+    def index(self) -> Index:
+        return self._retriever.index
+
+    def status(self) -> Status:
+        index = self.index
+        return Status(self._retriever.mode, len(self._documents), len(index), index.version,
+                      index.manifest.model if self._retriever.embedder else None, self.notices)  # fmt: skip
+
+    def documents(self) -> list[DocumentInfo]:
+        return list(self._documents.values())
+
+    def ask(self, question: str, k: int | None = None, documents: list[str] | None = None) -> Answer:
+        """Answer one question with quoted, cited passages (or abstain)."""
+        retriever, docs = self._retriever, self._documents  # one consistent index version per answer
+        result = retriever.search(question, k or self.settings.top_k, documents)
+        searched = tuple(
+            d.path for d in docs.values() if not documents or d.id in documents or d.path in documents
+        )
+        model = retriever.index.manifest.model if retriever.embedder else None
+        return build_answer(question, result, docs, retriever.index.version, model, searched)
+
+    def reload(self) -> bool:
+        """Switch to the live index version if a build has replaced ours; True when switched."""
+        with self._lock:
+            folder = current_version(self.settings.index)
+            if folder is None or folder == self.index.folder:
+                return False
+            index = open_index(self.settings.index)
+            old = self._retriever
+            self._retriever = _retriever(self.settings, index, old.embedder or None, old.reranker)
+            self._documents = {d.id: d for d in index.documents()}
+            return True
+
+
+def _retriever(settings: Settings, index: Index, embedder: Embedder | None, reranker: object) -> Retriever:
+    return Retriever(
+        index, embedder, reranker, candidates=settings.candidates, min_relevance=settings.min_relevance,
+        min_dense_score=settings.min_dense_score, max_question_chars=settings.max_question_chars,
+    )  # type: ignore[arg-type]  # fmt: skip
+
+
+def _try_embedder(settings: Settings, note: Callable[[str], None]) -> Embedder | None:
+    if not settings.model:
+        note("no embedding model configured: lexical (BM25) mode")
+        return None
+    try:
+        return load_embedder(settings.model, settings.hub_timeout)
+    except ModelUnavailable as exc:
+        note(f"{exc}; running in lexical (BM25) mode. {HOW_TO_PROVIDE[0].upper()}{HOW_TO_PROVIDE[1:]}.")
+        return None
+
+
+def index_folder(settings: Settings, embedder: Embedder | None, log: Callable[[str], None] = _stderr) -> BuildReport:
+    """Build or update the index from the docs folder."""
+    if not settings.docs.is_dir():
+        raise IndexMissing(f"docs folder {settings.docs} does not exist; set --docs or THREATQA_DOCS")
+    return build_index(
+        settings.docs, settings.index, embedder, chunk_config(settings),
+        settings.max_file_mb, progress=sys.stderr.isatty(), warn=log,
+    )  # fmt: skip
+
+
+def chunk_config(settings: Settings) -> ChunkConfig:
+    return ChunkConfig(settings.chunk_size, settings.chunk_overlap, settings.chunk_max)
+
+
+def describe_build(report: BuildReport) -> str:
+    if not report.changed:
+        return f"index {report.version} is up to date ({report.documents} documents, {report.passages} passages)"
+    return (
+        f"indexed {report.documents} documents into {report.passages} passages ({report.mode} mode, version "
+        f"{report.version}): {len(report.added)} added, {len(report.updated)} changed, {len(report.removed)} "
+        f"removed; {report.embedded} passages embedded, {report.reused} reused"
+    )

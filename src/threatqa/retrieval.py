@@ -1,0 +1,183 @@
+"""Stage 5: question -> ranked, de-duplicated hits, with the decision to answer or abstain.
+
+Dense (FAISS) and lexical (BM25) candidates are fused with reciprocal rank fusion, optionally
+re-ranked by a cross-encoder, and overlapping passages of the same document are collapsed to the
+best one. Abstention uses scores that mean the same on every corpus: the share of the question's
+IDF-weighted terms that the passage contains, and the cosine similarity of the dense model.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from threatqa.chunking import Chunk
+from threatqa.embeddings import Embedder
+from threatqa.index import Index
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
+
+RRF_K = 60  # the constant of Cormack et al. (2009); insensitive in practice
+RERANK_POOL = 20  # fused candidates the cross-encoder sees
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved passage and the scores that placed it."""
+
+    chunk: Chunk
+    rank: int
+    score: float  # the final ranking score (fused, lexical or cross-encoder, depending on mode)
+    relevance: float  # share of the question's weighted terms found in the passage, 0..1
+    lexical_score: float | None
+    dense_score: float | None  # cosine similarity
+    rerank_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """The outcome of one search."""
+
+    question: str  # as searched (cleaned, possibly truncated)
+    hits: tuple[Hit, ...]
+    answered: bool
+    mode: str
+    notices: tuple[str, ...] = ()
+
+
+def clean_question(question: str, max_chars: int) -> tuple[str, list[str]]:
+    """Normalise a question for search; returns it with notices about what was changed."""
+    notices = []
+    text = unicodedata.normalize("NFC", question.encode("utf-8", "replace").decode("utf-8"))
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    if len(text) > max_chars:
+        text = text[:max_chars].rsplit(" ", 1)[0] or text[:max_chars]
+        notices.append(f"question truncated to its first {len(text)} characters (limit {max_chars})")
+    return text, notices
+
+
+class Retriever:
+    """Searches one opened index with the models that are available."""
+
+    def __init__(
+        self,
+        index: Index,
+        embedder: Embedder | None = None,
+        reranker: CrossEncoder | None = None,
+        candidates: int = 50,
+        min_relevance: float = 0.3,
+        min_dense_score: float = 0.55,
+        max_question_chars: int = 2000,
+    ) -> None:
+        self.index = index
+        self.embedder = embedder if index.has_dense else None
+        self.reranker = reranker
+        self.candidates = candidates
+        self.min_relevance = min_relevance
+        self.min_dense_score = min_dense_score
+        self.max_question_chars = max_question_chars
+
+    @property
+    def mode(self) -> str:
+        mode = "hybrid" if self.embedder is not None else "lexical"
+        return mode + ("+rerank" if self.reranker is not None else "")
+
+    def search(self, question: str, k: int = 5, documents: list[str] | None = None) -> Retrieval:
+        """Top-k passages for a question, optionally restricted to some documents (ids or paths)."""
+        text, notices = clean_question(question, self.max_question_chars)
+        if not text:
+            return Retrieval(text, (), False, self.mode, (*notices, "the question is empty"))
+        mask = self._mask(documents)
+        if mask is not None and not mask.any():
+            return Retrieval(text, (), False, self.mode, (*notices, "none of the chosen documents is indexed"))
+        pool = max(self.candidates, k * 4)
+        lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
+        dense_rows, dense_scores = self._dense(text, pool, mask)
+        if not len(lex_rows) and not len(dense_rows):
+            notices.append("no searchable words in the question (only stopwords or symbols)")
+            return Retrieval(text, (), False, self.mode, tuple(notices))
+        ranked = self._fuse(lex_rows, lex_scores, dense_rows, dense_scores)
+        chunks = self.index.chunks([row for row, _ in ranked[: max(pool, RERANK_POOL)]])
+        hits = self._collect(text, ranked, chunks, dict(zip(lex_rows.tolist(), lex_scores.tolist())),
+                             dict(zip(dense_rows.tolist(), dense_scores.tolist())), k)  # fmt: skip
+        answered = self._answered(hits)
+        return Retrieval(text, tuple(hits), answered, self.mode, tuple(notices))
+
+    def _mask(self, documents: list[str] | None) -> np.ndarray | None:
+        if not documents:
+            return None
+        mask = np.zeros(len(self.index), dtype=bool)
+        mask[self.index.rows_for_documents(documents)] = True
+        return mask
+
+    def _dense(self, text: str, pool: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        if self.embedder is None or self.index.dense is None:
+            return empty
+        import faiss
+
+        vector = self.embedder.encode_query(text)
+        params = None
+        if mask is not None:
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64)))
+        scores, rows = self.index.dense.search(vector, min(pool, len(self.index)), params=params)  # type: ignore[attr-defined]
+        keep = rows[0] >= 0
+        return rows[0][keep].astype(np.int64), scores[0][keep]
+
+    def _fuse(
+        self, lex_rows: np.ndarray, lex_scores: np.ndarray, dense_rows: np.ndarray, dense_scores: np.ndarray
+    ) -> list[tuple[int, float]]:
+        """Rows with their final score, best first."""
+        if not len(dense_rows):
+            return list(zip(lex_rows.tolist(), lex_scores.tolist()))
+        if not len(lex_rows):
+            return list(zip(dense_rows.tolist(), dense_scores.tolist()))
+        fused: dict[int, float] = {}
+        for rows in (lex_rows, dense_rows):
+            for rank, row in enumerate(rows.tolist()):
+                fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + rank + 1)
+        return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+    def _collect(
+        self,
+        text: str,
+        ranked: list[tuple[int, float]],
+        chunks: list[Chunk],
+        lexical: dict[int, float],
+        dense: dict[int, float],
+        k: int,
+    ) -> list[Hit]:
+        """Re-rank (when configured), drop passages overlapping a better one, keep k."""
+        candidates = [(row, score, chunk) for (row, score), chunk in zip(ranked, chunks)]
+        rerank: dict[int, float] = {}
+        if self.reranker is not None:
+            pool = candidates[:RERANK_POOL]
+            scores = self.reranker.predict([(text, c.text) for _, _, c in pool], show_progress_bar=False)
+            rerank = {row: float(s) for (row, _, _), s in zip(pool, scores)}
+            candidates = sorted(pool, key=lambda item: -rerank[item[0]]) + candidates[RERANK_POOL:]
+        chosen: list[tuple[int, float, Chunk]] = []
+        for row, score, chunk in candidates:
+            if any(c.doc_id == chunk.doc_id and c.start < chunk.end and chunk.start < c.end for _, _, c in chosen):
+                continue
+            chosen.append((row, rerank.get(row, score), chunk))
+            if len(chosen) == k:
+                break
+        coverage = self.index.lexical.coverage(text, [c.text for _, _, c in chosen])
+        return [
+            Hit(chunk, rank, float(score), float(cov), lexical.get(row), dense.get(row), rerank.get(row))
+            for rank, ((row, score, chunk), cov) in enumerate(zip(chosen, coverage), start=1)
+        ]
+
+    def _answered(self, hits: list[Hit]) -> bool:
+        if not hits:
+            return False
+        best_relevance = max(hit.relevance for hit in hits)
+        best_dense = max((hit.dense_score for hit in hits if hit.dense_score is not None), default=-1.0)
+        return best_relevance >= self.min_relevance or best_dense >= self.min_dense_score
