@@ -74,10 +74,12 @@ class Answer:
     index_version: str
     model: str | None
     searched: tuple[str, ...]  # paths of the documents that were searched
+    id: str | None = None  # the audit record that logged this answer
 
     def to_json(self) -> dict[str, Any]:
         """The `ask --json` / `/api/ask` object."""
         return {
+            "id": self.id,
             "question": self.question,
             "answered": self.answered,
             "mode": self.mode,

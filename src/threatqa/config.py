@@ -7,6 +7,7 @@ and a test fails when the two drift apart.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -74,6 +75,30 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address the web server listens on.")
     port: int = Field(7860, description="Port the web server listens on.", ge=1, le=65535)
+    root_path: str = Field(
+        "", description="Path prefix the app is served under behind a reverse proxy, e.g. /threatqa."
+    )
+    auth: Literal["none", "token", "header"] = Field(
+        "none",
+        description="Who may use the UI and API: none (open), token (a static bearer token), or header "
+        "(a user name set by the portal's trusted proxy).",
+    )
+    auth_token: str = Field("", description="The static token for auth=token (send as 'Authorization: Bearer ...').")
+    auth_header: str = Field(
+        "X-Forwarded-User", description="The request header that carries the user name for auth=header."
+    )
+    cors_origins: str = Field("", description="Origins allowed to call the API from a browser, comma-separated.")
+    frame_ancestors: str = Field(
+        "'self'",
+        description="Origins allowed to embed the UI in a frame (CSP frame-ancestors), space-separated.",
+    )
+    queue_size: int = Field(
+        32, description="Questions that may wait for a worker; beyond this the server answers 'busy'.", ge=1
+    )
+    workers: int = Field(2, description="Questions answered at the same time.", ge=1, le=64)
+
+    def allowed_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 import threading
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from threatqa.answer import Answer, build_answer
 from threatqa.chunking import ChunkConfig
 from threatqa.config import Settings
 from threatqa.embeddings import HOW_TO_PROVIDE, Embedder, load_embedder, load_reranker
-from threatqa.errors import IndexMissing, ModelUnavailable
+from threatqa.audit import AuditLog
+from threatqa.errors import IndexMissing, ModelUnavailable, QuestionError
 from threatqa.index import BuildReport, DocumentInfo, Index, build_index, check_model, current_version, is_stale, open_index
 from threatqa.retrieval import Retriever
 
@@ -40,6 +42,7 @@ class Engine:
         self._retriever = retriever
         self._documents = {d.id: d for d in retriever.index.documents()}
         self.notices = tuple(notices)
+        self.audit = AuditLog(settings.audit)
         self._lock = threading.Lock()
 
     @classmethod
@@ -89,15 +92,40 @@ class Engine:
     def documents(self) -> list[DocumentInfo]:
         return list(self._documents.values())
 
-    def ask(self, question: str, k: int | None = None, documents: list[str] | None = None) -> Answer:
-        """Answer one question with quoted, cited passages (or abstain)."""
+    def ask(
+        self,
+        question: str,
+        k: int | None = None,
+        documents: list[str] | None = None,
+        user: str | None = None,
+        channel: str = "cli",
+    ) -> Answer:
+        """Answer one question with quoted, cited passages (or abstain), logged in the audit log.
+
+        Raises AuditError when the record cannot be written: no answer goes out unrecorded."""
+        if not isinstance(question, str):
+            raise QuestionError(f"the question must be text, not {type(question).__name__}")
         retriever, docs = self._retriever, self._documents  # one consistent index version per answer
-        result = retriever.search(question, k or self.settings.top_k, documents)
+        k = k or self.settings.top_k
+        result = retriever.search(question, k, documents)
         searched = tuple(
             d.path for d in docs.values() if not documents or d.id in documents or d.path in documents
         )
         model = retriever.index.manifest.model if retriever.embedder else None
-        return build_answer(question, result, docs, retriever.index.version, model, searched)
+        answer = build_answer(result.question, result, docs, retriever.index.version, model, searched)
+        answer = replace(answer, id=uuid.uuid4().hex)
+        payload = answer.to_json() | {"settings": {"k": k, "documents": documents or [], **self._audit_settings()}}
+        self.audit.append("answer", answer.question, payload, user=user, channel=channel, record_id=answer.id)
+        return answer
+
+    def feedback(self, answer_id: str, helpful: bool, user: str | None = None, channel: str = "ui") -> None:
+        """Store a thumbs up/down for a logged answer, with its question."""
+        question = self.audit.get(answer_id).question
+        self.audit.append("feedback", question, {"answer_id": answer_id, "helpful": bool(helpful)}, user, channel)
+
+    def _audit_settings(self) -> dict[str, object]:
+        keys = ("model", "rerank_model", "candidates", "min_relevance", "min_dense_score", "chunk_size")
+        return {key: getattr(self.settings, key) for key in keys} | {"mode": self._retriever.mode}
 
     def reload(self) -> bool:
         """Switch to the live index version if a build has replaced ours; True when switched."""

@@ -81,7 +81,7 @@ def evaluate_engine(eval_set: EvalSet, settings: Settings) -> dict[str, Any]:
         docs.mkdir()
         for name, text in eval_set.documents.items():
             (docs / name).write_text(text, encoding="utf-8")
-        run = settings.model_copy(update={"docs": docs, "index": Path(tmp) / "index"})
+        run = settings.model_copy(update={"docs": docs, "index": Path(tmp) / "index", "audit": Path(tmp) / "audit"})
         engine = Engine.start(run, build="missing", log=lambda message: None)
         answers = [engine.ask(q, DEPTH) for q, _ in eval_set.questions]
         ranks = [first_rank([p.text for p in a.passages], ans) for a, (_, ans) in zip(answers, eval_set.questions)]

@@ -1,0 +1,71 @@
+"""Shared fixtures: the shipped corpus in a temp folder, and a tiny embedding model built locally.
+
+No test downloads anything: the model is a randomly initialised 2-layer BERT whose vocabulary is
+made here from the corpus, saved as a sentence-transformers folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: nothing in the tests may reach a hub
+
+from threatqa.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "docs"
+CORPUS_FILE = "NCA-annual-assessment-speech-2023-07-17.txt"
+
+
+@pytest.fixture()
+def docs(tmp_path: Path) -> Path:
+    """A docs folder holding a copy of the shipped corpus document."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    shutil.copy(CORPUS / CORPUS_FILE, folder / CORPUS_FILE)
+    return folder
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, docs: Path) -> Settings:
+    """Lexical-mode settings over the temp docs folder (no model configured)."""
+    return Settings.load(docs=docs, index=tmp_path / "index", audit=tmp_path / "audit.sqlite3", model="")
+
+
+def build_tiny_model(folder: Path, words: list[str], layers: int = 2, hidden: int = 32) -> Path:
+    """Save a randomly initialised BERT with `words` as vocabulary as a sentence-transformers model."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    hf = folder / "hf"
+    hf.mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words))]
+    (hf / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab=str(hf / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=hidden * 2, max_position_embeddings=256,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    transformer = models.Transformer(str(hf), max_seq_length=128)
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    out = folder / "st"
+    model.save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny local sentence-transformers model whose vocabulary covers the corpus words."""
+    text = (CORPUS / CORPUS_FILE).read_text(encoding="utf-8").lower()
+    words = re.findall(r"[a-z]+", text) + ["banana", "bread", "football", "water"]
+    return build_tiny_model(tmp_path_factory.mktemp("model"), words)
