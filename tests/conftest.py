@@ -67,5 +67,5 @@ def build_tiny_model(folder: Path, words: list[str], layers: int = 2, hidden: in
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny local sentence-transformers model whose vocabulary covers the corpus words."""
     text = (CORPUS / CORPUS_FILE).read_text(encoding="utf-8").lower()
-    words = re.findall(r"[a-z]+", text) + ["banana", "bread", "football", "water"]
+    words = [*re.findall(r"[a-z]+", text), "banana", "bread", "football", "water"]
     return build_tiny_model(tmp_path_factory.mktemp("model"), words)

@@ -1,15 +1,15 @@
 """threatqa: questions about threat assessments, answered with exact, cited passages.
 
-    from threatqa import Engine, Settings
-    engine = Engine.start(Settings.load(docs="docs", index="index"))
-    answer = engine.ask("How much money does organised crime generate?")
+from threatqa import Engine, Settings
+engine = Engine.start(Settings.load(docs="docs", index="index"))
+answer = engine.ask("How much money does organised crime generate?")
 """
 
 __version__ = "0.1.0"
 
-from threatqa.answer import Answer, Citation, Passage, format_text  # noqa: E402
-from threatqa.config import Settings  # noqa: E402
-from threatqa.engine import Engine  # noqa: E402
-from threatqa.errors import ThreatQAError  # noqa: E402
+from threatqa.answer import Answer, Citation, Passage, format_text
+from threatqa.config import Settings
+from threatqa.engine import Engine
+from threatqa.errors import ThreatQAError
 
-__all__ = ["Answer", "Citation", "Engine", "Passage", "Settings", "ThreatQAError", "format_text", "__version__"]
+__all__ = ["Answer", "Citation", "Engine", "Passage", "Settings", "ThreatQAError", "__version__", "format_text"]

@@ -117,8 +117,16 @@ def build_answer(
             index_version=index_version, model=model,
         )  # fmt: skip
         passages.append(
-            Passage(hit.rank, chunk.text, round(hit.score, 6), round(hit.relevance, 4), _round(hit.lexical_score),
-                    _round(hit.dense_score), _round(hit.rerank_score), citation)  # fmt: skip
+            Passage(
+                hit.rank,
+                chunk.text,
+                round(hit.score, 6),
+                round(hit.relevance, 4),
+                _round(hit.lexical_score),
+                _round(hit.dense_score),
+                _round(hit.rerank_score),
+                citation,
+            )
         )
     return Answer(question, retrieval.answered, retrieval.mode, tuple(passages), retrieval.notices, index_version,
                   model, searched)  # fmt: skip

@@ -143,7 +143,9 @@ class AuditLog:
                 fields = [row[k] for k in ("seq", "id", "time", "kind", "user", "channel", "question", "payload")]
                 reason = ""
                 if row["seq"] != expected_seq:
-                    reason = f"expected record number {expected_seq}, found {row['seq']} (a record was deleted or moved)"
+                    reason = (
+                        f"expected record number {expected_seq}, found {row['seq']} (a record was deleted or moved)"
+                    )
                 elif row["prev_hash"] != prev:
                     reason = "its link to the previous record does not match (records deleted or re-ordered)"
                 elif record_hash(*fields, row["prev_hash"]) != row["hash"]:

@@ -2,8 +2,8 @@
 
 Passages follow the document's own structure: each starts at a paragraph and takes in the
 following paragraphs up to the target size, a very long paragraph is split at sentence
-boundaries with a few sentences of overlap, and no passage crosses from one document into another. The invariant every later stage
-relies on: `chunk.text == document.text[chunk.start:chunk.end]`.
+boundaries with a few sentences of overlap, and no passage crosses from one document into another.
+The invariant every later stage relies on: `chunk.text == document.text[chunk.start:chunk.end]`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,34 @@ from threatqa.ingest import Document
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 # A sentence ends at . ! ? or … (plus closing quotes/brackets) before a space and a capital,
 # digit, opening quote or bullet; or at a line break before a bullet or list marker.
-_SENTENCE_END = re.compile(
-    r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9•\-*])|\n+(?=\s*(?:[•\-*]|\d+[.)])\s)"
-)
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9•\-*])|\n+(?=\s*(?:[•\-*]|\d+[.)])\s)")
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st no vs etc e.g i.e u.s u.k jr sr inc ltd co gen col sgt rev fig approx".split()
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "st",
+        "no",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "u.s",
+        "u.k",
+        "jr",
+        "sr",
+        "inc",
+        "ltd",
+        "co",
+        "gen",
+        "col",
+        "sgt",
+        "rev",
+        "fig",
+        "approx",
+    ]
 )
 
 

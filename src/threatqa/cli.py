@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
     evaluate.set_defaults(handler=_cmd_eval)
 
+    serve = sub.add_parser("serve", help="start the web server: chat UI at /, JSON API under /api")
+    _add_paths(serve)
+    serve.add_argument("--host", default=None, help="address to listen on (default: THREATQA_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port to listen on (default: THREATQA_PORT or 7860)")
+    serve.set_defaults(handler=_cmd_serve)
+
     settings = sub.add_parser("settings", help="list every setting with its environment variable")
     settings.add_argument("--markdown", action="store_true", help="as the README's markdown table")
     settings.set_defaults(handler=_cmd_settings)
@@ -105,6 +111,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     report = run_evaluation(args.eval_dir or default_eval_dir(), Settings.load())
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from threatqa.api import serve  # the web stack loads only for this command
+
+    serve(_settings(args, host=args.host, port=args.port))
     return 0
 
 

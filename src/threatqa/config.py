@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -37,8 +38,7 @@ class Settings(BaseSettings):
     )
     chunk_size: int = Field(
         300,
-        description="Target passage size in characters: a passage takes in following paragraphs until it "
-        "is this long.",
+        description="Target passage size in characters: a passage takes in following paragraphs until it is this long.",
         ge=20,
         le=20000,
     )

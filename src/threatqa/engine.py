@@ -9,12 +9,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from threatqa.answer import Answer, build_answer
+from threatqa.audit import AuditLog
 from threatqa.chunking import ChunkConfig
 from threatqa.config import Settings
 from threatqa.embeddings import HOW_TO_PROVIDE, Embedder, load_embedder, load_reranker
-from threatqa.audit import AuditLog
 from threatqa.errors import IndexMissing, ModelUnavailable, QuestionError
-from threatqa.index import BuildReport, DocumentInfo, Index, build_index, check_model, current_version, is_stale, open_index
+from threatqa.index import (
+    BuildReport,
+    DocumentInfo,
+    Index,
+    build_index,
+    check_model,
+    current_version,
+    is_stale,
+    open_index,
+)
 from threatqa.retrieval import Retriever
 
 
@@ -108,9 +117,7 @@ class Engine:
         retriever, docs = self._retriever, self._documents  # one consistent index version per answer
         k = k or self.settings.top_k
         result = retriever.search(question, k, documents)
-        searched = tuple(
-            d.path for d in docs.values() if not documents or d.id in documents or d.path in documents
-        )
+        searched = tuple(d.path for d in docs.values() if not documents or d.id in documents or d.path in documents)
         model = retriever.index.manifest.model if retriever.embedder else None
         answer = build_answer(result.question, result, docs, retriever.index.version, model, searched)
         answer = replace(answer, id=uuid.uuid4().hex)

@@ -80,9 +80,7 @@ class Manifest:
         return cls(**values)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__} | {
-            "retrievers": list(self.retrievers)
-        }
+        return {name: getattr(self, name) for name in self.__dataclass_fields__} | {"retrievers": list(self.retrievers)}
 
 
 @dataclass(frozen=True)
@@ -165,7 +163,10 @@ class Index:
     def rows_for_documents(self, doc_ids_or_paths: list[str]) -> np.ndarray:
         """Row numbers of every passage of the given documents (ids or paths)."""
         marks = ",".join("?" * len(doc_ids_or_paths))
-        query = f"SELECT c.row FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE d.id IN ({marks}) OR d.path IN ({marks})"
+        query = (
+            "SELECT c.row FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            f"WHERE d.id IN ({marks}) OR d.path IN ({marks})"
+        )
         params = list(doc_ids_or_paths) * 2
         return np.array([r[0] for r in self._db().execute(query, params)], dtype=np.int64)
 
@@ -219,10 +220,13 @@ def read_manifest(folder: Path) -> Manifest:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         manifest = Manifest.from_json(data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IndexMismatch(f"index manifest {folder / MANIFEST} is unreadable ({exc}); rebuild with `threatqa index`") from None
+        raise IndexMismatch(
+            f"index manifest {folder / MANIFEST} is unreadable ({exc}); rebuild with `threatqa index`"
+        ) from None
     if manifest.schema_version != SCHEMA_VERSION:
         raise IndexMismatch(
-            f"index schema {manifest.schema_version} is not the supported {SCHEMA_VERSION}; rebuild with `threatqa index`"
+            f"index schema {manifest.schema_version} is not the supported {SCHEMA_VERSION}; "
+            "rebuild with `threatqa index`"
         )
     return manifest
 
@@ -307,9 +311,7 @@ def build_index(
     )
 
 
-def is_stale(
-    docs_dir: Path, index_dir: Path, model: str | None, chunking: ChunkConfig = ChunkConfig()
-) -> bool:
+def is_stale(docs_dir: Path, index_dir: Path, model: str | None, chunking: ChunkConfig = ChunkConfig()) -> bool:
     """True when the docs folder or the chunk settings no longer match the live index, or a model
     is available that the index was not built with. `model=None` (no model available) never asks
     for a rebuild by itself: a dense index is then queried lexically rather than thrown away."""
@@ -389,7 +391,9 @@ def _vectors(
         positions = by_doc.get(document.id, [])
         old = old_docs.get(document.path)
         if previous is not None and old and old["sha256"] == document.sha256 and old["chunks"] == len(positions):
-            vectors[positions] = previous.vectors(list(range(int(old["first_row"]), int(old["first_row"]) + len(positions))))  # type: ignore[call-overload]
+            vectors[positions] = previous.vectors(
+                list(range(int(old["first_row"]), int(old["first_row"]) + len(positions)))
+            )  # type: ignore[call-overload]
         else:
             todo.extend(positions)
     if todo:
@@ -439,7 +443,12 @@ def _write_version(
             retrievers=tuple(retrievers),
             chunking=asdict(chunking),
             documents={
-                d.path: {"id": d.id, "sha256": d.sha256, "chunks": counts.get(d.id, 0), "first_row": first_rows.get(d.id, 0)}
+                d.path: {
+                    "id": d.id,
+                    "sha256": d.sha256,
+                    "chunks": counts.get(d.id, 0),
+                    "first_row": first_rows.get(d.id, 0),
+                }
                 for d in documents
             },
             chunk_count=len(chunks),
@@ -462,8 +471,8 @@ def _write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> 
             """
             CREATE TABLE documents (id TEXT PRIMARY KEY, path TEXT UNIQUE NOT NULL, title TEXT NOT NULL,
                 sha256 TEXT NOT NULL, date TEXT, body_start INTEGER NOT NULL, pages TEXT NOT NULL, text TEXT NOT NULL);
-            CREATE TABLE chunks (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, doc_id TEXT NOT NULL REFERENCES documents(id),
-                ordinal INTEGER NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL,
+            CREATE TABLE chunks (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,
+                doc_id TEXT NOT NULL REFERENCES documents(id), ordinal INTEGER NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL,
                 paragraph_end INTEGER NOT NULL, line_start INTEGER NOT NULL, line_end INTEGER NOT NULL,
                 page INTEGER, page_end INTEGER, sha256 TEXT NOT NULL);
             CREATE INDEX chunks_doc ON chunks(doc_id);
@@ -472,7 +481,16 @@ def _write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> 
         conn.executemany(
             "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (d.id, d.path, d.title, d.sha256, d.date, d.body_start, json.dumps([list(p.__dict__.values()) for p in d.pages]), d.text)
+                (
+                    d.id,
+                    d.path,
+                    d.title,
+                    d.sha256,
+                    d.date,
+                    d.body_start,
+                    json.dumps([list(p.__dict__.values()) for p in d.pages]),
+                    d.text,
+                )
                 for d in documents
             ],
         )

@@ -85,9 +85,7 @@ def iter_files(docs_dir: Path) -> Iterator[Path]:
         yield path
 
 
-def load_documents(
-    docs_dir: Path, max_file_mb: float = 50.0, warn: Callable[[str], None] = print
-) -> list[Document]:
+def load_documents(docs_dir: Path, max_file_mb: float = 50.0, warn: Callable[[str], None] = print) -> list[Document]:
     """Read every supported file below docs_dir; bad files get a one-line warning and are skipped."""
     if not docs_dir.is_dir():
         raise IngestError(f"docs folder not found: {docs_dir}")
@@ -121,6 +119,7 @@ def read_document(path: Path, rel_path: str, max_file_mb: float = 50.0) -> Docum
     if not text.strip():
         raise IngestError("no text in file (empty, or a PDF without a text layer)")
     body_start, header_date = _header(text) if suffix in (".txt", ".md", ".markdown") else (0, None)
+    body_start += len(text[body_start:]) - len(text[body_start:].lstrip())
     if not text[body_start:].strip():
         raise IngestError("no text in file after its header")
     return Document(

@@ -101,7 +101,12 @@ class LexicalIndex:
         return cls(views, np.load(folder / "sentence_starts.npy"), int(meta["count"]))
 
     def scores(self, question: str) -> np.ndarray | None:
-        """Combined score of every passage, or None when no question term is in the index."""
+        """Combined score of every passage, or None when no question term is in the index.
+
+        A question of stopwords only has nothing to search for, even though its character
+        n-grams would match almost every passage."""
+        if not word_tokens(question):
+            return None
         total = np.zeros(self.count, dtype=np.float32)
         matched = False
         for name, view in self.views.items():

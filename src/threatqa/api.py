@@ -1,0 +1,289 @@
+"""The web server: JSON API and the Gradio chat UI on one FastAPI app, ready to embed in a portal.
+
+Everything that guards the UI guards the API too, because it is ASGI middleware around both:
+access (auth none / token / trusted header), CORS for the configured origins only, and a
+`Content-Security-Policy: frame-ancestors` header on every response.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs
+
+# before gradio is imported: no usage analytics, no version check against the internet
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from threatqa.config import Settings
+from threatqa.engine import Engine
+from threatqa.errors import ConfigError, QuestionError, ThreatQAError
+from threatqa.ui import BUSY_TEXT, CSS, build_ui, request_user, theme
+
+log = logging.getLogger("threatqa.api")
+TOKEN_COOKIE = "threatqa_token"
+
+
+class Busy(ThreatQAError):
+    """Every worker is answering and the waiting line is full."""
+
+    def __init__(self) -> None:
+        super().__init__(BUSY_TEXT)
+
+
+class Gate:
+    """At most `workers` questions run at once and `queue_size` more wait; any beyond that get Busy.
+
+    Shared by the JSON API and the UI, so that together they never overload the engine."""
+
+    def __init__(self, workers: int, queue_size: int) -> None:
+        self._admitted = threading.BoundedSemaphore(workers + queue_size)
+        self._running = threading.BoundedSemaphore(workers)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._admitted.acquire(blocking=False):
+            raise Busy()
+        try:
+            with self._running:
+                yield
+        finally:
+            self._admitted.release()
+
+
+class AskRequest(BaseModel):
+    """Body of POST /api/ask."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(description="The question, in plain words.")
+    k: int | None = Field(None, ge=1, le=100, description="Passages to return (default: the top_k setting).")
+    documents: list[str] | None = Field(None, description="Search only these documents (ids or paths).")
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The FastAPI app with the JSON API under /api and the chat UI at /."""
+    _check_auth_settings(settings)
+    engine = engine or Engine.start(settings, build="stale")
+    gate = Gate(settings.workers, settings.queue_size)
+    app = FastAPI(title="ThreatQA", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.engine, app.state.gate = engine, gate
+    _add_routes(app, settings, engine, gate)
+    _add_error_handlers(app)
+    # last added runs first: headers on every response, then CORS (answers preflights), then access
+    app.add_middleware(AccessMiddleware, settings=settings)
+    app.add_middleware(
+        CORSMiddleware, allow_origins=settings.allowed_origins(), allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"], allow_credentials=settings.auth == "token",
+    )  # fmt: skip
+    app.add_middleware(SecurityHeadersMiddleware, frame_ancestors=settings.frame_ancestors)
+    blocks = build_ui(engine, settings, gate)
+    blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
+    return gr.mount_gradio_app(
+        app, blocks, path="/", root_path=settings.root_path or None, show_error=False, theme=theme(), css=CSS,
+        footer_links=[], ssr_mode=False,
+    )  # fmt: skip
+
+
+def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) -> None:
+    @app.post("/api/ask")
+    def ask(body: AskRequest, request: Request) -> dict[str, Any]:
+        """Answer a question: the same object as `threatqa ask --json`."""
+        limit = settings.max_question_chars
+        if len(body.question) > limit:
+            return _error(413, f"the question is {len(body.question)} characters long; the limit is {limit} "
+                               "(THREATQA_MAX_QUESTION_CHARS)")  # fmt: skip
+        unknown = _unknown_documents(engine, body.documents)
+        if unknown:
+            known = ", ".join(sorted(d.path for d in engine.documents()))
+            return _error(422, f"unknown document(s): {', '.join(unknown)}; known: {known}")
+        with gate.slot():
+            user = request_user(settings, request.headers)
+            answer = engine.ask(body.question, body.k, body.documents or None, user=user, channel="api")
+        return answer.to_json()
+
+    @app.get("/api/documents")
+    def documents() -> list[dict[str, Any]]:
+        """Every indexed document: id, title, date, path, passages, sha256."""
+        return [
+            {"id": d.id, "title": d.title, "date": d.date, "path": d.path, "passages": d.passages, "sha256": d.sha256}
+            for d in engine.documents()
+        ]
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        """Liveness and what runs: mode, counts, index manifest version, model."""
+        status = engine.status()
+        return {
+            "status": "ok", "mode": status.mode, "documents": status.documents, "passages": status.passages,
+            "index_version": status.index_version, "model": status.model,
+        }  # fmt: skip
+
+
+def _unknown_documents(engine: Engine, wanted: list[str] | None) -> list[str]:
+    known = {name for d in engine.documents() for name in (d.id, d.path)}
+    return [name for name in wanted or [] if name not in known]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Users see the error's message; never a traceback or a file path."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}" for err in exc.errors()
+        )
+        return _error(422, f"invalid request: {problems}")
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> JSONResponse:
+        return _error(503, str(exc), {"Retry-After": "5"})
+
+    @app.exception_handler(QuestionError)
+    async def bad_question(request: Request, exc: QuestionError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(ThreatQAError)
+    async def failed(request: Request, exc: ThreatQAError) -> JSONResponse:
+        log.error("request failed: %s", exc)
+        return _error(500, str(exc))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error(500, "internal error; the server log has the details")
+
+
+def _check_auth_settings(settings: Settings) -> None:
+    if settings.auth == "token" and not settings.auth_token:
+        raise ConfigError("auth=token needs a token: set THREATQA_AUTH_TOKEN")
+    if settings.auth == "header" and not settings.auth_header.strip():
+        raise ConfigError("auth=header needs a header name: set THREATQA_AUTH_HEADER")
+
+
+class AccessMiddleware:
+    """Lets a request through only when the auth setting allows it; the same check for UI and API.
+
+    token: `Authorization: Bearer <token>`, or the cookie that `?token=<token>` on any page sets
+    (browsers cannot add headers to an iframe or to the UI's own requests).
+    header: the portal's proxy sets the user name in `auth_header`; requests without it are refused.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.settings.auth == "none":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if self.settings.auth == "header":
+            if headers.get(self.settings.auth_header, "").strip():
+                await self.app(scope, receive, send)
+                return
+            await self._refuse(scope, receive, send, f"sign in through the portal (no {self.settings.auth_header})")
+            return
+        query_token = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
+        if self._valid(query_token):
+            await self.app(scope, receive, _setting_cookie(send, scope, self.settings.auth_token))
+        elif self._valid(_bearer(headers)) or self._valid(_cookie(headers, TOKEN_COOKIE)):
+            await self.app(scope, receive, send)
+        else:
+            await self._refuse(scope, receive, send, "a valid token is needed (Authorization: Bearer <token>)")
+
+    def _valid(self, token: str) -> bool:
+        return bool(token) and hmac.compare_digest(token.encode(), self.settings.auth_token.encode())
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, message: str) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers = {"WWW-Authenticate": "Bearer"} if self.settings.auth == "token" else None
+        await _error(401, message, headers)(scope, receive, send)
+
+
+def _bearer(headers: Headers) -> str:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _cookie(headers: Headers, name: str) -> str:
+    cookies: SimpleCookie = SimpleCookie()
+    try:
+        cookies.load(headers.get("cookie", ""))
+    except Exception:  # a malformed cookie header is simply no token
+        return ""
+    return cookies[name].value if name in cookies else ""
+
+
+def _setting_cookie(send: Send, scope: Scope, token: str) -> Send:
+    """Wrap `send` so the response stores the token in an HttpOnly cookie for the page's later requests."""
+    secure = scope.get("scheme") == "https" or Headers(scope=scope).get("x-forwarded-proto") == "https"
+    # a portal on another site frames us: only SameSite=None cookies reach a third-party frame (needs https)
+    attributes = "; Secure; SameSite=None" if secure else "; SameSite=Lax"
+    path = scope.get("root_path") or "/"
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            MutableHeaders(scope=message).append(
+                "set-cookie", f"{TOKEN_COOKIE}={token}; Path={path}; HttpOnly{attributes}"
+            )
+        await send(message)
+
+    return wrapped
+
+
+class SecurityHeadersMiddleware:
+    """CSP frame-ancestors (only the configured portal origins may frame the app) on every response."""
+
+    def __init__(self, app: ASGIApp, frame_ancestors: str) -> None:
+        self.app = app
+        self.policy = "frame-ancestors " + (frame_ancestors.strip() or "'none'")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = self.policy
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "same-origin"
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def serve(settings: Settings) -> None:
+    """Start the engine (building the index if needed), say what runs, and serve until interrupted."""
+    import uvicorn
+
+    engine = Engine.start(settings, build="stale")
+    app = create_app(settings, engine)
+    status = engine.status()
+    print(
+        f"threatqa: {status.mode} mode, {status.documents} documents, {status.passages} passages "
+        f"(index {status.index_version}); serving on http://{settings.host}:{settings.port}{settings.root_path}/",
+        flush=True,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, root_path=settings.root_path, log_level="warning")

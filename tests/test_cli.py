@@ -1,0 +1,105 @@
+"""The CLI contract: `index`, `ask` (argument, stdin, --json, text), settings, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from threatqa.cli import main
+
+QUESTION = "How many tonnes of cocaine are consumed in the UK each year?"
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return os.environ | {"THREATQA_MODEL": "", "THREATQA_AUDIT": str(tmp_path / "audit.sqlite3")}
+
+
+@pytest.fixture()
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key, value in _env(tmp_path).items():
+        if key.startswith("THREATQA_"):
+            monkeypatch.setenv(key, value)
+    return tmp_path
+
+
+def test_index_then_ask_json(cli_env: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    index = cli_env / "index"
+    assert main(["index", "--docs", str(docs), "--index", str(index)]) == 0
+    assert "indexed 1 documents" in capsys.readouterr().out
+    assert main(["ask", "--index", str(index), "--docs", str(docs), "-k", "3", "--json", QUESTION]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    answer = json.loads(lines[0])
+    assert {"question", "answered", "mode", "passages"} <= answer.keys()
+    assert answer["answered"] is True and answer["mode"] == "lexical" and len(answer["passages"]) == 3
+    source_text = (docs / answer["passages"][0]["source"]).read_text(encoding="utf-8")
+    for rank, passage in enumerate(answer["passages"], 1):
+        assert {"rank", "text", "source", "start", "end", "score", "page"} <= passage.keys()
+        assert passage["rank"] == rank
+        assert passage["text"] == source_text[passage["start"] : passage["end"]]
+    assert "120 tonnes of cocaine" in answer["passages"][0]["text"]
+
+
+def test_ask_reads_questions_from_stdin_in_one_process(cli_env: Path, docs: Path) -> None:
+    questions = "Who is watching hostile states?\n\nbanana bread recipe\nWhat is ChatGPT used for?\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "threatqa.cli", "ask", "--json", "--docs", str(docs), "--index", str(cli_env / "i")],
+        input=questions, capture_output=True, text=True, env=_env(cli_env), timeout=120, check=True,
+    )  # fmt: skip
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [a["question"] for a in answers] == [
+        "Who is watching hostile states?", "banana bread recipe", "What is ChatGPT used for?"
+    ]  # fmt: skip
+    assert [a["answered"] for a in answers] == [True, False, True]
+    assert result.stderr.count("indexed 1 documents") == 1, "the index is built once, on the first question"
+
+
+def test_ask_text_output_numbers_and_cites(cli_env: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ask", "--docs", str(docs), "--index", str(cli_env / "i"), "-k", "2", QUESTION]) == 0
+    out = capsys.readouterr().out
+    assert "[1] " in out and "[2] " in out and "[3] " not in out
+    assert "NCA annual assessment speech 2023-07-17 (2023-07-17), para" in out and "chars " in out
+
+
+def test_abstention_in_text_output(cli_env: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ask", "--docs", str(docs), "--index", str(cli_env / "i"), "banana bread recipe"]) == 0
+    assert "No passage in the documents answers this closely enough" in capsys.readouterr().out
+
+
+def test_bad_setting_is_a_clear_error(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("THREATQA_TOP_K", "many")
+    assert main(["ask", "question"]) == 1
+    err = capsys.readouterr().err
+    assert "top_k" in err and "many" in err and "Traceback" not in err
+
+
+def test_missing_docs_folder(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["index", "--docs", str(cli_env / "nowhere"), "--index", str(cli_env / "i")]) == 1
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_model_mismatch_is_an_error_with_the_fix(
+    cli_env: Path, docs: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = str(cli_env / "i")
+    monkeypatch.setenv("THREATQA_MODEL", str(tiny_model))
+    assert main(["index", "--docs", str(docs), "--index", index]) == 0
+    other = cli_env / "other-model"
+    other.symlink_to(tiny_model)
+    monkeypatch.setenv("THREATQA_MODEL", str(other))
+    assert main(["ask", "--index", index, "cocaine"]) == 1
+    err = capsys.readouterr().err
+    assert "threatqa index" in err and str(tiny_model) in err
+
+
+def test_settings_listing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["settings"]) == 0
+    out = capsys.readouterr().out
+    assert "THREATQA_MODEL=" in out and "THREATQA_PORT=" in out

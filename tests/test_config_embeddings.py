@@ -1,0 +1,63 @@
+"""Settings (declared once, documented) and fast model-availability checks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from threatqa.config import Settings, settings_markdown
+from threatqa.embeddings import load_embedder, resolve_model
+from threatqa.errors import ConfigError, ModelUnavailable
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THREATQA_PORT", "9001")
+    monkeypatch.setenv("THREATQA_DOCS", "/data/reports")
+    settings = Settings.load(port=None)
+    assert settings.port == 9001 and settings.docs == Path("/data/reports")
+    assert Settings.load(port=7000).port == 7000, "explicit values beat the environment"
+
+
+def test_invalid_setting_names_value_and_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THREATQA_AUTH", "password")
+    with pytest.raises(ConfigError, match=r"auth.*'password'"):
+        Settings.load()
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = README.read_text(encoding="utf-8")
+    assert settings_markdown() in readme, "README settings table is stale: paste `threatqa settings --markdown`"
+
+
+def test_unknown_hub_model_is_detected_within_seconds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # loopback port with nothing listening
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="unreachable"):
+        resolve_model("acme/embedder", timeout=2)
+    assert time.monotonic() - started < 5
+
+
+def test_offline_flag_and_missing_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailable, match="not cached"):
+        resolve_model("acme/embedder")
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        resolve_model(str(tmp_path / "no-model"))
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(ModelUnavailable, match="could not be loaded"):
+        load_embedder(str(tmp_path / "broken"))
+
+
+def test_local_model_folder_loads_and_normalises(tiny_model: Path) -> None:
+    embedder = load_embedder(str(tiny_model))
+    vectors = embedder.encode_documents(["cocaine use is rising", "hostile states"])
+    assert vectors.shape == (2, embedder.dimension) and vectors.dtype.name == "float32"
+    assert abs(float((vectors**2).sum(axis=1).max()) - 1.0) < 1e-5
+    assert embedder.encode_query("cocaine").shape == (1, embedder.dimension)

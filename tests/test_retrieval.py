@@ -1,0 +1,132 @@
+"""Retrieval and answers: hybrid and lexical paths, abstention, awkward questions, filters."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from threatqa.config import Settings
+from threatqa.engine import Engine
+from threatqa.index import open_index
+
+GOLD = [json.loads(line) for line in (Path(__file__).parent / "data" / "gold_questions.jsonl").read_text().splitlines()]
+OFF_TOPIC = ["Who won the football match last night?", "banana bread recipe", "What is the boiling point of water?"]
+
+
+@pytest.fixture()
+def engine(settings: Settings) -> Engine:
+    return Engine.start(settings, build="missing", log=lambda m: None)
+
+
+@pytest.fixture()
+def hybrid(settings: Settings, tiny_model: Path) -> Engine:
+    return Engine.start(settings.model_copy(update={"model": str(tiny_model)}), build="stale", log=lambda m: None)
+
+
+def _rank(answer, evidence: list[str]) -> int | None:
+    return next((p.rank for p in answer.passages if any(e in p.text for e in evidence)), None)
+
+
+@pytest.mark.parametrize("item", GOLD, ids=[g["q"][:40] for g in GOLD])
+def test_gold_questions_are_answered_in_the_top_three(engine: Engine, item: dict) -> None:
+    answer = engine.ask(item["q"], k=3)
+    assert answer.answered
+    assert _rank(answer, item["evidence"]) is not None
+
+
+@pytest.mark.parametrize("question", OFF_TOPIC)
+def test_off_topic_questions_abstain(engine: Engine, question: str) -> None:
+    answer = engine.ask(question)
+    assert not answer.answered
+    assert answer.passages, "the nearest passages are still shown, marked as not answering"
+
+
+def test_every_passage_is_an_exact_quote(engine: Engine, settings: Settings) -> None:
+    index = engine.index
+    for item in GOLD:
+        for passage in engine.ask(item["q"], k=5).passages:
+            cite = passage.citation
+            text = index.document(cite.document_id).text
+            assert passage.text == text[cite.start : cite.end]
+            assert (settings.docs / cite.source).read_text(encoding="utf-8")[cite.start : cite.end] == passage.text
+
+
+def test_hybrid_mode_runs_dense_and_bm25(hybrid: Engine) -> None:
+    answer = hybrid.ask(GOLD[0]["q"], k=5)
+    assert answer.mode == "hybrid" and answer.model is not None
+    assert all(p.dense_score is not None for p in answer.passages)
+    assert any(p.lexical_score is not None for p in answer.passages)
+    assert _rank(answer, GOLD[0]["evidence"]) is not None
+
+
+def test_dense_search_matches_brute_force(hybrid: Engine) -> None:
+    index = hybrid.index
+    embedder = hybrid._retriever.embedder
+    vectors = index.vectors(list(range(len(index))))
+    query = embedder.encode_query("cocaine consumption in the UK")
+    expected = np.argsort(-(vectors @ query[0]), kind="stable")[:5]
+    scores, rows = index.dense.search(query, 5)
+    np.testing.assert_allclose(scores[0], np.sort(vectors @ query[0])[::-1][:5], rtol=1e-5)
+    assert set(rows[0]) == set(expected)
+
+
+def test_lexical_mode_when_no_model(engine: Engine) -> None:
+    answer = engine.ask(GOLD[0]["q"])
+    assert answer.mode == "lexical" and answer.model is None
+    assert all(p.dense_score is None for p in answer.passages)
+
+
+def test_no_overlapping_passages_in_one_answer(engine: Engine) -> None:
+    answer = engine.ask("organised crime in the UK", k=20)
+    spans = sorted((p.citation.source, p.citation.start, p.citation.end) for p in answer.passages)
+    for (src_a, _, end_a), (src_b, start_b, _) in itertools.pairwise(spans):
+        assert src_a != src_b or end_a <= start_b
+
+
+def test_k_larger_than_the_index(engine: Engine) -> None:
+    answer = engine.ask("crime", k=1000)
+    assert 0 < len(answer.passages) <= len(engine.index)
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\x00\x01", "the of and is", "???"])
+def test_empty_or_stopword_questions_are_answered_without_error(engine: Engine, question: str) -> None:
+    answer = engine.ask(question)
+    assert not answer.answered and answer.notices
+
+
+def test_very_long_question_is_truncated_with_a_notice(engine: Engine) -> None:
+    answer = engine.ask("cocaine wastewater " * 2000)
+    assert any("truncated" in notice for notice in answer.notices)
+    assert answer.answered and len(answer.question) <= engine.settings.max_question_chars
+
+
+def test_document_filter(engine: Engine, settings: Settings) -> None:
+    (settings.docs / "other.md").write_text("Cocaine seizures at Felixstowe rose sharply.\n", encoding="utf-8")
+    engine = Engine.start(settings, build="stale", log=lambda m: None)
+    only_other = engine.ask("cocaine", documents=["other.md"])
+    assert {p.citation.source for p in only_other.passages} == {"other.md"}
+    assert only_other.searched == ("other.md",)
+    nothing = engine.ask("cocaine", documents=["no-such-document.txt"])
+    assert not nothing.answered and not nothing.passages
+
+
+def test_citations_carry_hashes_and_versions(engine: Engine) -> None:
+    passage = engine.ask(GOLD[0]["q"]).passages[0]
+    cite = passage.citation
+    assert cite.index_version == engine.index.version
+    assert len(cite.document_sha256) == 64 and len(cite.passage_sha256) == 64
+    assert cite.location().startswith("para") and passage.reference().startswith("NCA annual assessment speech")
+
+
+def test_reload_switches_to_a_new_index_version(engine: Engine, settings: Settings) -> None:
+    old = engine.index.version
+    assert not engine.reload()
+    (settings.docs / "new.md").write_text("Ransomware hit 30 hospitals.\n", encoding="utf-8")
+    Engine.start(settings, build="stale", log=lambda m: None)
+    assert engine.reload() and engine.index.version != old
+    assert engine.ask("ransomware hospitals").passages[0].citation.source == "new.md"
+    assert open_index(settings.index).version == engine.index.version
