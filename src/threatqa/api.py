@@ -52,18 +52,28 @@ class Gate:
     Shared by the JSON API and the UI, so that together they never overload the engine."""
 
     def __init__(self, workers: int, queue_size: int) -> None:
-        self._admitted = threading.BoundedSemaphore(workers + queue_size)
+        self.capacity = workers + queue_size
+        self._taken = 0
+        self._lock = threading.Lock()
         self._running = threading.BoundedSemaphore(workers)
+
+    @property
+    def taken(self) -> int:
+        """Questions running or waiting now."""
+        return self._taken
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        if not self._admitted.acquire(blocking=False):
-            raise Busy()
+        with self._lock:
+            if self._taken >= self.capacity:
+                raise Busy()
+            self._taken += 1
         try:
             with self._running:
                 yield
         finally:
-            self._admitted.release()
+            with self._lock:
+                self._taken -= 1
 
 
 class AskRequest(BaseModel):

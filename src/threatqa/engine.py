@@ -76,6 +76,8 @@ class Engine:
         index = open_index(settings.index)
         if index.has_dense and not tried:
             embedder = _try_embedder(settings, note)
+        elif not index.has_dense and not tried:
+            note("lexical (BM25) mode: this index was built without an embedding model")
         if embedder is not None and index.has_dense:
             check_model(index.manifest, embedder.name, embedder.dimension)
         elif embedder is not None:

@@ -91,6 +91,7 @@ def evaluate_engine(eval_set: EvalSet, settings: Settings) -> dict[str, Any]:
             "passages": len(engine.index),
             "answered": round(sum(a.answered for a in answers) / max(len(answers), 1), 4),
             "off_topic_abstained": round(sum(not a.answered for a in off_topic) / len(OFF_TOPIC), 4),
+            "off_topic_answered": [a.question for a in off_topic if a.answered],
             "misses": [q for (q, _), r in zip(eval_set.questions, ranks) if not r or r > 3],
         }
 
@@ -139,4 +140,6 @@ def format_report(report: dict[str, Any]) -> str:
         )
         if ours["misses"]:
             lines.append(f"  not in top 3: {len(ours['misses'])}")
+        if ours["off_topic_answered"]:
+            lines.append(f"  off-topic questions answered anyway: {'; '.join(ours['off_topic_answered'])}")
     return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""The UI's pure formatting: escaping, the highlighted sentence, the reply and the context view."""
+
+from __future__ import annotations
+
+import re
+
+import gradio as gr
+import pytest
+
+from threatqa.answer import ABSTAIN_TEXT
+from threatqa.api import Gate
+from threatqa.config import Settings
+from threatqa.engine import Engine
+from threatqa.ui import best_sentence, build_ui, escape_markdown, format_answer, format_context, marked
+
+HOSTILE = "<img src=x onerror=alert(1)> <script>alert(2)</script> ![x](http://127.0.0.2/x.png) $$x$$ [a](b) *b* `c`"
+
+
+@pytest.fixture()
+def engine(settings: Settings) -> Engine:
+    return Engine.start(settings, build="stale", log=lambda message: None)
+
+
+def _unescape(markdown: str) -> str:
+    """What CommonMark shows for escaped text: backslash escapes and entities resolved."""
+    text = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def test_escape_markdown_leaves_no_markup() -> None:
+    escaped = escape_markdown(HOSTILE + "\n```mermaid\ngraph TD; A-->B\n```")
+    assert "<" not in escaped and ">" not in escaped
+    assert "![" not in escaped and "](" not in escaped and "`" not in escaped.replace("\\`", "")
+    assert "$$" not in escaped
+    assert _unescape(escaped) == HOSTILE + "\n```mermaid\ngraph TD; A-->B\n```"
+
+
+def test_escape_markdown_keeps_entities_literal() -> None:
+    assert escape_markdown("&lt;b&gt; & co") == "&amp;lt\\;b&amp;gt\\; &amp; co"
+    assert escape_markdown("C:\\temp") == "C\\:\\\\temp"
+
+
+def test_best_sentence_has_most_question_terms() -> None:
+    text = "Fraud is common. Around 59,000 people are involved in organised crime in the UK. It costs money."
+    span = best_sentence("How many people are involved in organised crime?", text)
+    assert span is not None
+    assert text[span.start : span.end] == "Around 59,000 people are involved in organised crime in the UK."
+    assert best_sentence("bananas", text) is None
+
+
+def test_marked_wraps_each_paragraph_of_the_span() -> None:
+    from threatqa.chunking import Span
+
+    text = "One <b>.\n\nTwo.\n\nThree."
+    assert marked(text, Span(0, 15)) == "<mark>One &lt;b&gt;\\.</mark>\n\n<mark>Two\\.</mark>\n\nThree\\."
+
+
+def test_format_answer_quotes_cites_and_highlights(engine: Engine) -> None:
+    answer = engine.ask("How many people are involved in serious organised crime in the UK?", 2)
+    reply = format_answer(answer)
+    assert reply.startswith("**[1]** NCA annual assessment speech 2023\\-07\\-17 · 2023\\-07\\-17 · para ")
+    assert "relevance " in reply
+    assert "> <mark>There are around 59,000 people involved in serious organized crime in the UK" in reply
+    assert ABSTAIN_TEXT not in reply
+
+
+def test_format_answer_abstains_with_nearest_passages(engine: Engine) -> None:
+    answer = engine.ask("What is the recipe for banana bread?", 2)
+    reply = format_answer(answer)
+    assert reply.startswith(f"**{ABSTAIN_TEXT}**")
+    assert "Nearest passages (not close enough to answer):" in reply
+    assert reply.endswith("Documents searched: NCA\\-annual\\-assessment\\-speech\\-2023\\-07\\-17\\.txt")
+
+
+def test_format_context_marks_the_exact_span() -> None:
+    text = "\n\n".join(f"Paragraph {n} says <i>{n}</i>." for n in range(1, 30))
+    start = text.index("Paragraph 15")
+    end = text.index("\n", start)
+    shown = format_context(text, start, end, chars=60)
+    assert shown.startswith("…\n\n") and shown.endswith("\n\n…")
+    assert "<mark>Paragraph 15 says &lt;i&gt;15&lt;/i&gt;\\.</mark>" in shown
+    assert "Paragraph 14" in shown and "Paragraph 16" in shown
+    assert "Paragraph 10 " not in shown
+
+
+def test_build_ui_documents_the_gradio_api(engine: Engine, settings: Settings) -> None:
+    blocks = build_ui(engine, settings, Gate(1, 1))
+    assert isinstance(blocks, gr.Blocks)
+    names = {dep.api_name for dep in blocks.fns.values()}
+    assert {"ask", "chat", "context"} <= names
