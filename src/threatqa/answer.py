@@ -6,8 +6,9 @@ two offsets, and everything else is fixed framing.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import IO, Any
 
 from threatqa.index import DocumentInfo, passage_sha256
 from threatqa.retrieval import Retrieval
@@ -151,3 +152,33 @@ def format_text(answer: Answer) -> str:
             f"{cite.line_end}, chars {cite.start}-{cite.end} of {cite.source} · relevance {passage.relevance:.2f}"
         )
     return "\n".join(lines)
+
+
+CSV_FIELDS = [
+    "question", "answered", "mode", "index_version", "rank", "source", "title", "date", "location", "start", "end",
+    "score", "relevance", "document_sha256", "passage_sha256", "reference", "text",
+]  # fmt: skip
+AUDIT_FIELDS = ["record", "record_id", "time", "user", "channel", "kind", "helpful", *CSV_FIELDS]
+
+
+def csv_writer(stream: IO[str], audit: bool = False) -> csv.DictWriter:
+    """A CSV writer for answers (one row per cited passage), its header already written."""
+    writer = csv.DictWriter(stream, fieldnames=AUDIT_FIELDS if audit else CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    return writer
+
+
+def csv_rows(answer: dict[str, Any], record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows for one answer object (or one audit record: answer or feedback)."""
+    base = {key: answer.get(key) for key in ("question", "answered", "mode", "index_version")}
+    if record is not None:
+        base |= {"record": record["seq"], "record_id": record["id"], "time": record["time"], "user": record["user"],
+                 "channel": record["channel"], "kind": record["kind"], "question": record["question"],
+                 "helpful": answer.get("helpful")}  # fmt: skip
+    rows = []
+    for passage in answer.get("passages", []):
+        cite = Citation(**{name: passage.get(name) for name in Citation.__dataclass_fields__})
+        rows.append(
+            base | {key: passage.get(key) for key in CSV_FIELDS if key in passage} | {"location": cite.location()}
+        )
+    return rows or [base]

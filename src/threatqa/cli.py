@@ -9,10 +9,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from threatqa import __version__
-from threatqa.answer import format_text
+from threatqa.answer import csv_rows, csv_writer, format_text
 from threatqa.config import Settings, settings_markdown
 from threatqa.engine import Engine, _try_embedder, describe_build, index_folder
+from threatqa.audit import AuditLog, AuditRecord
 from threatqa.errors import ThreatQAError
+from threatqa.verify import answers_from_json, compare_answers, format_findings, format_replay, verify_answers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,13 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     index = sub.add_parser("index", help="build or update the index from a docs folder")
-    _add_paths(index)
+    _add_paths(index, audit=False)
     index.set_defaults(handler=_cmd_index)
 
     ask = sub.add_parser("ask", help="answer questions with cited passages")
     _add_paths(ask)
     ask.add_argument("-k", type=int, default=None, help="passages per question (default: THREATQA_TOP_K or 5)")
     ask.add_argument("--json", action="store_true", help="one JSON object per question per line")
+    ask.add_argument("--csv", action="store_true", help="one CSV row per cited passage")
     ask.add_argument(
         "--document", action="append", dest="documents", metavar="PATH_OR_ID", help="search only these documents"
     )
@@ -62,19 +68,50 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port to listen on (default: THREATQA_PORT or 7860)")
     serve.set_defaults(handler=_cmd_serve)
 
+    verify = sub.add_parser("verify", help="check saved citations against the documents as they are now")
+    _add_paths(verify, audit=False)
+    verify.add_argument("file", nargs="?", type=Path, help="a saved answer (`ask --json` output or /api/ask JSON)")
+    _add_range(verify)
+    verify.set_defaults(handler=_cmd_verify)
+
+    audit = sub.add_parser("audit", help="the audit log: check its hash chain, replay or export records")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    chain = audit_sub.add_parser("verify", help="check the hash chain; names the first broken record")
+    chain.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
+    chain.set_defaults(handler=_cmd_audit_verify)
+    replay = audit_sub.add_parser("replay", help="ask a logged question again and compare the citations")
+    _add_paths(replay)
+    replay.add_argument("record", help="the record id (or its number)")
+    replay.set_defaults(handler=_cmd_audit_replay)
+    export = audit_sub.add_parser("export", help="export a range of records as JSON or CSV")
+    _add_range(export, required=False)
+    export.add_argument("--format", choices=("json", "csv"), default="json", help="output format")
+    export.set_defaults(handler=_cmd_audit_export)
+
     settings = sub.add_parser("settings", help="list every setting with its environment variable")
     settings.add_argument("--markdown", action="store_true", help="as the README's markdown table")
     settings.set_defaults(handler=_cmd_settings)
     return parser
 
 
-def _add_paths(parser: argparse.ArgumentParser) -> None:
+def _add_paths(parser: argparse.ArgumentParser, audit: bool = True) -> None:
     parser.add_argument("--docs", type=Path, default=None, help="documents folder (default: ./docs)")
     parser.add_argument("--index", type=Path, default=None, help="index folder (default: ./index)")
+    if audit:
+        parser.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
+
+
+def _add_range(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
+    parser.add_argument("--range", dest="records", default=None, metavar="FIRST:LAST",
+                        help="audit records by number, e.g. 10:20, 10: or :20")  # fmt: skip
 
 
 def _settings(args: argparse.Namespace, **extra: object) -> Settings:
-    return Settings.load(docs=getattr(args, "docs", None), index=getattr(args, "index", None), **extra)
+    return Settings.load(
+        docs=getattr(args, "docs", None), index=getattr(args, "index", None), audit=getattr(args, "audit", None),
+        **extra,
+    )  # fmt: skip
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
@@ -88,9 +125,12 @@ def _cmd_index(args: argparse.Namespace) -> int:
 def _cmd_ask(args: argparse.Namespace) -> int:
     settings = _settings(args, top_k=args.k)
     engine = Engine.start(settings, build="missing")
+    writer = csv_writer(sys.stdout) if args.csv else None
     for question in _questions(args.question):
         answer = engine.ask(question, settings.top_k, args.documents)
-        if args.json:
+        if writer is not None:
+            writer.writerows(csv_rows(answer.to_json()))
+        elif args.json:
             print(json.dumps(answer.to_json(), ensure_ascii=False), flush=True)
         else:
             print(format_text(answer) + "\n", flush=True)
@@ -118,6 +158,80 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from threatqa.api import serve  # the web stack loads only for this command
 
     serve(_settings(args, host=args.host, port=args.port))
+    return 0
+
+
+def _records(args: argparse.Namespace, settings: Settings) -> list[AuditRecord]:
+    first, _, last = (args.records or ":").partition(":")
+    try:
+        bounds = [int(v) if v.strip() else None for v in (first, last)]
+    except ValueError:
+        raise ThreatQAError(f"--range takes FIRST:LAST record numbers, not {args.records!r}") from None
+    return AuditLog(settings.audit).records(*bounds)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.file is None and args.records is None:
+        raise ThreatQAError("give a saved answer FILE, or --range FIRST:LAST of the audit log")
+    answers = []
+    if args.file is not None:
+        answers += answers_from_json(_read_json(args.file))
+    if args.records is not None:
+        answers += [r.payload for r in _records(args, settings) if r.kind == "answer"]
+    findings = verify_answers(answers, settings.docs)
+    print(format_findings(findings))
+    return 0 if findings and all(f.ok for f in findings) else 1
+
+
+def _read_json(path: Path) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ThreatQAError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        try:  # `ask --json` with several questions: one object per line
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise ThreatQAError(f"{path} is not JSON or JSON lines ({exc})") from None
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    log = AuditLog(_settings(args).audit)
+    report = log.verify_chain()
+    if report.ok:
+        print(f"audit log {log.path}: {report.checked} records, chain intact")
+        return 0
+    print(f"audit log {log.path}: chain broken at record {report.broken_seq} (id {report.broken_id}): {report.reason}")
+    return 1
+
+
+def _cmd_audit_replay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    record = AuditLog(settings.audit).get(args.record)
+    if record.kind != "answer":
+        raise ThreatQAError(f"record {args.record} is {record.kind!r}, not an answer")
+    old = record.payload
+    engine = Engine.start(settings, build="never")
+    asked = old.get("settings", {})
+    new = engine.ask(record.question, asked.get("k"), asked.get("documents") or None, channel="replay").to_json()
+    print(f"replay of record {record.seq} ({record.time}): {record.question}")
+    print(f"index then {old['index_version']}, now {new['index_version']}")
+    rows = compare_answers(old, new)
+    print(format_replay(rows))
+    return 0
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    records = _records(args, _settings(args))
+    if args.format == "json":
+        print(json.dumps([r.to_json() for r in records], ensure_ascii=False, indent=1))
+        return 0
+    writer = csv_writer(sys.stdout, audit=True)
+    for record in records:
+        writer.writerows(csv_rows(record.payload, record.to_json()))
     return 0
 
 

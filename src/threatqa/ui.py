@@ -204,7 +204,10 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
         chat.select(
             handlers.select_reply, [replies], [current, pick, context, reference], api_visibility="undocumented"
         )
-        pick.input(handlers.view, [pick, replies, current], [context, reference], api_name="context")
+        pick.input(
+            handlers.view, [pick, replies, current], [context, reference], api_name="context",
+            api_visibility="undocumented",
+        )  # fmt: skip
         gr.api(handlers.ask_json, api_name="ask")
     return blocks
 
