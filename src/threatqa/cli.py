@@ -10,9 +10,9 @@ from pathlib import Path
 
 from threatqa import __version__
 from threatqa.answer import csv_rows, csv_writer, format_text
+from threatqa.audit import AuditLog, AuditRecord
 from threatqa.config import Settings, settings_markdown
 from threatqa.engine import Engine, _try_embedder, describe_build, index_folder
-from threatqa.audit import AuditLog, AuditRecord
 from threatqa.errors import ThreatQAError
 from threatqa.verify import answers_from_json, compare_answers, format_findings, format_replay, verify_answers
 
