@@ -37,14 +37,6 @@ were found in the manifest.
 
 Customs officers inspect refrigerated containers more often since the ring was exposed.
 """
-# scroll the chat's own scrolling box so that the element's top is at the top of the box
-_SCROLL_TO_TOP = """element => {
-    let box = element.parentElement;
-    while (box && !(box.scrollHeight > box.clientHeight + 4 && getComputedStyle(box).overflowY !== "visible")) {
-        box = box.parentElement;
-    }
-    if (box) box.scrollTop += element.getBoundingClientRect().top - box.getBoundingClientRect().top - 8;
-}"""
 HOSTILE_QUESTION = "How does the harbour smuggling ring hide contraband in refrigerated containers?"
 
 
@@ -130,7 +122,6 @@ def test_ask_cite_view_in_context_and_render_markup_literally(server: str) -> No
         expect(page.locator("#tqa-context")).to_contain_text("<script>alert(2)</script>")
         assert page.locator("#tqa-chat img, #tqa-context img").count() == 0
         assert page.locator("#tqa-chat script, #tqa-context script, #tqa-chat .katex, #tqa-chat a").count() == 0
-        reply.evaluate(_SCROLL_TO_TOP)  # the screenshot shows the reply from its first line
         page.wait_for_timeout(500)  # give a stray onerror or image fetch time to happen
         OUTPUT.mkdir(exist_ok=True)
         page.screenshot(path=str(OUTPUT / "answered.png"), full_page=True)

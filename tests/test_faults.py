@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from threatqa.evaluation import default_eval_dir
 from threatqa.chunking import ChunkConfig
+from threatqa.evaluation import default_eval_dir
 from threatqa.index import input_fingerprint, open_index
 
 pytestmark = pytest.mark.slow
