@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -197,3 +198,33 @@ def test_errors_carry_no_traceback_or_path(client: TestClient, engine: Engine, m
     response = client.post("/api/ask", json={"question": QUESTION})
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error; the server log has the details"}
+
+
+def test_verify_endpoint_round_trip(settings: Settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from threatqa.api import create_app
+
+    client = TestClient(create_app(settings))
+    answer = client.post("/api/ask", json={"question": "How much heroin is consumed each year?", "k": 2}).json()
+    verdict = client.post("/api/verify", json=answer).json()
+    assert verdict["ok"] is True and len(verdict["findings"]) == 2
+    path = settings.docs / answer["passages"][0]["source"]
+    path.write_text(path.read_text(encoding="utf-8").replace("40 tonnes", "41 tonnes"), encoding="utf-8")
+    verdict = client.post("/api/verify", json=[answer]).json()
+    assert verdict["ok"] is False and {f["status"] for f in verdict["findings"]} == {"document_edited"}
+    bad = client.post("/api/verify", json={"passages": [{"text": "x"}]})
+    assert bad.status_code == 422 and "citation" in bad.json()["detail"]
+
+
+def test_audit_failure_is_a_503_without_paths(settings: Settings, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from threatqa.api import create_app
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the audit folder should be")
+    client = TestClient(create_app(settings.model_copy(update={"audit": blocker / "audit.sqlite3"})))
+    response = client.post("/api/ask", json={"question": "cocaine"})
+    assert response.status_code == 503 and "audit log" in response.json()["detail"]
+    assert str(tmp_path) not in response.text and "passages" not in response.text

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -32,8 +33,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threatqa.config import Settings
 from threatqa.engine import Engine
-from threatqa.errors import ConfigError, QuestionError, ThreatQAError
+from threatqa.errors import AuditError, ConfigError, QuestionError, ThreatQAError
 from threatqa.ui import BUSY_TEXT, CSS, build_ui, request_user, theme
+from threatqa.verify import answers_from_json, verify_answers
 
 log = logging.getLogger("threatqa.api")
 TOKEN_COOKIE = "threatqa_token"
@@ -126,6 +128,18 @@ def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) ->
             answer = engine.ask(body.question, body.k, body.documents or None, user=user, channel="api")
         return answer.to_json()
 
+    @app.post("/api/verify")
+    def verify(body: dict[str, Any] | list[Any] = Body(...)) -> Any:
+        """Check saved citations (an /api/ask answer, or a list of them) against the documents now."""
+        try:
+            findings = verify_answers(answers_from_json(body), settings.docs)
+        except ThreatQAError as exc:
+            return _error(422, str(exc))
+        return {
+            "ok": bool(findings) and all(f.ok for f in findings),
+            "findings": [asdict(f) | {"ok": f.ok} for f in findings],
+        }
+
     @app.get("/api/documents")
     def documents() -> list[dict[str, Any]]:
         """Every indexed document: id, title, date, path, passages, sha256."""
@@ -170,6 +184,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QuestionError)
     async def bad_question(request: Request, exc: QuestionError) -> JSONResponse:
         return _error(422, str(exc))
+
+    @app.exception_handler(AuditError)
+    async def unrecorded(request: Request, exc: AuditError) -> JSONResponse:
+        log.error("audit log write failed: %s", exc)  # the path goes to the server log, not to the user
+        return _error(503, "the audit log could not be written, so the question was not answered; try again later")
 
     @app.exception_handler(ThreatQAError)
     async def failed(request: Request, exc: ThreatQAError) -> JSONResponse:

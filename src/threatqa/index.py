@@ -473,7 +473,8 @@ def _write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> 
                 sha256 TEXT NOT NULL, date TEXT, body_start INTEGER NOT NULL, pages TEXT NOT NULL, text TEXT NOT NULL);
             CREATE TABLE chunks (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,
                 doc_id TEXT NOT NULL REFERENCES documents(id), ordinal INTEGER NOT NULL, start INTEGER NOT NULL,
-                "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL, paragraph_end INTEGER NOT NULL, line_start INTEGER NOT NULL, line_end INTEGER NOT NULL,
+                "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL, paragraph_end INTEGER NOT NULL,
+                line_start INTEGER NOT NULL, line_end INTEGER NOT NULL,
                 page INTEGER, page_end INTEGER, sha256 TEXT NOT NULL);
             CREATE INDEX chunks_doc ON chunks(doc_id);
             """
