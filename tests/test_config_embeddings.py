@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -61,3 +64,43 @@ def test_local_model_folder_loads_and_normalises(tiny_model: Path) -> None:
     assert vectors.shape == (2, embedder.dimension) and vectors.dtype.name == "float32"
     assert abs(float((vectors**2).sum(axis=1).max()) - 1.0) < 1e-5
     assert embedder.encode_query("cocaine").shape == (1, embedder.dimension)
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """A loopback stand-in for the model hub: knows no model."""
+
+    def do_HEAD(self) -> None:
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_hub_that_answers_but_lacks_the_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        with pytest.raises(ModelUnavailable, match="HTTP 404"):
+            resolve_model("acme/embedder", timeout=2)
+    finally:
+        server.shutdown()
+
+
+def test_hub_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never replies
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    started = time.monotonic()
+    try:
+        with pytest.raises(ModelUnavailable, match="unreachable"):
+            resolve_model("acme/embedder", timeout=1)
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 5

@@ -65,7 +65,7 @@ def test_hybrid_mode_runs_dense_and_bm25(hybrid: Engine) -> None:
 
 def test_dense_search_matches_brute_force(hybrid: Engine) -> None:
     index = hybrid.index
-    embedder = hybrid._retriever.embedder
+    embedder = hybrid._embedder
     vectors = index.vectors(list(range(len(index))))
     query = embedder.encode_query("cocaine consumption in the UK")
     expected = np.argsort(-(vectors @ query[0]), kind="stable")[:5]
@@ -130,3 +130,14 @@ def test_reload_switches_to_a_new_index_version(engine: Engine, settings: Settin
     assert engine.reload() and engine.index.version != old
     assert engine.ask("ransomware hospitals").passages[0].citation.source == "new.md"
     assert open_index(settings.index).version == engine.index.version
+
+
+def test_a_damaged_new_version_is_refused_and_the_old_one_kept(engine: Engine, settings: Settings) -> None:
+    old = engine.index.version
+    (settings.docs / "new.md").write_text("Ransomware hit 30 hospitals.\n", encoding="utf-8")
+    Engine.start(settings, build="stale", log=lambda m: None)
+    new_folder = settings.index / (settings.index / "CURRENT").read_text().strip()
+    (new_folder / "chunks.sqlite").write_bytes(b"garbage")
+    answer = engine.ask("cocaine")
+    assert answer.index_version == old and answer.answered
+    assert not engine.reload(), "the refused version is not retried on every question"

@@ -9,11 +9,12 @@ or to fall back to lexical mode (`ModelUnavailable`).
 from __future__ import annotations
 
 import os
-import socket
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import quote
 
 import numpy as np
 
@@ -55,8 +56,11 @@ def resolve_model(name: str, timeout: float = 3.0) -> ModelSource:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise ModelUnavailable(f"model {name!r} is not cached and HF_HUB_OFFLINE is set")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if not _reachable(endpoint, timeout):
+    status = _hub_status(endpoint, name, timeout)
+    if status is None:
         raise ModelUnavailable(f"model {name!r} is not cached and the model hub ({endpoint}) is unreachable")
+    if status != 200:
+        raise ModelUnavailable(f"model {name!r} is not cached and the hub answered HTTP {status} for it")
     return ModelSource(name, name, local=False)
 
 
@@ -73,14 +77,19 @@ def _cached_snapshot(name: str) -> str | None:
     return None
 
 
-def _reachable(url: str, timeout: float) -> bool:
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+def _hub_status(endpoint: str, name: str, timeout: float) -> int | None:
+    """HTTP status of the hub's page for the model, or None when the hub cannot be reached.
+
+    A real request rather than a TCP connect: a proxy may accept connections for a hub it will
+    never serve, and the libraries would then retry for minutes."""
+    url = f"{endpoint.rstrip('/')}/api/models/{quote(name, safe='/')}"
     try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code) if exc.code < 500 else None
+    except (OSError, ValueError):  # URLError, timeouts, refused connections, a malformed endpoint
+        return None
 
 
 class Embedder:
@@ -112,9 +121,22 @@ class Embedder:
         return np.ascontiguousarray(vector, dtype=np.float32)
 
 
-def load_embedder(name: str, timeout: float = 3.0) -> Embedder:
-    """Load the embedding model, or raise ModelUnavailable quickly with the reason."""
-    return Embedder(_load(resolve_model(name, timeout), cross_encoder=False), name)
+BACKENDS = ("torch", "onnx")
+
+
+def load_embedder(name: str, timeout: float = 3.0, backend: str = "torch") -> Embedder:
+    """Load the embedding model, or raise ModelUnavailable quickly with the reason.
+
+    backend "onnx" runs the same model on ONNX Runtime with int8 weights (exported once and cached,
+    see `threatqa.onnx_backend`); it returns an object with the Embedder interface."""
+    if backend not in BACKENDS:
+        raise ModelUnavailable(f"unknown embedding backend {backend!r}; choose one of {list(BACKENDS)}")
+    source = resolve_model(name, timeout)
+    if backend == "onnx":
+        from threatqa.onnx_backend import load_onnx_embedder
+
+        return load_onnx_embedder(name, source.location, source.local)  # type: ignore[return-value]
+    return Embedder(_load(source, cross_encoder=False), name)
 
 
 def load_reranker(name: str, timeout: float = 3.0) -> CrossEncoder:

@@ -13,7 +13,7 @@ from threatqa.audit import AuditLog
 from threatqa.chunking import ChunkConfig
 from threatqa.config import Settings
 from threatqa.embeddings import HOW_TO_PROVIDE, Embedder, load_embedder, load_reranker
-from threatqa.errors import IndexMissing, ModelUnavailable, QuestionError
+from threatqa.errors import IndexMissing, ModelUnavailable, QuestionError, ThreatQAError
 from threatqa.index import (
     BuildReport,
     DocumentInfo,
@@ -43,16 +43,28 @@ class Status:
     notices: tuple[str, ...]
 
 
-class Engine:
-    """Answers questions from one index; `reload()` switches to a newer index version atomically."""
+@dataclass(frozen=True)
+class _Live:
+    """The index version in use and its documents, swapped as one object so that every answer
+    sees exactly one index version."""
 
-    def __init__(self, settings: Settings, retriever: Retriever, notices: list[str]) -> None:
+    retriever: Retriever
+    documents: dict[str, DocumentInfo]
+
+
+class Engine:
+    """Answers questions from one index; picks up a newer index version between questions."""
+
+    def __init__(
+        self, settings: Settings, retriever: Retriever, notices: list[str], embedder: Embedder | None = None
+    ) -> None:
         self.settings = settings
-        self._retriever = retriever
-        self._documents = {d.id: d for d in retriever.index.documents()}
+        self._live = _Live(retriever, {d.id: d for d in retriever.index.documents()})
+        self._embedder = embedder  # kept even while the index is lexical-only, for the next version
         self.notices = tuple(notices)
         self.audit = AuditLog(settings.audit)
         self._lock = threading.Lock()
+        self._refused: str | None = None  # a version that failed to load; not retried on every question
 
     @classmethod
     def start(cls, settings: Settings, build: str = "missing", log: Callable[[str], None] = _stderr) -> Engine:
@@ -89,19 +101,20 @@ class Engine:
             except ModelUnavailable as exc:
                 note(f"re-ranking skipped: {exc}")
         retriever = _retriever(settings, index, embedder, reranker)
-        return cls(settings, retriever, notices)
+        return cls(settings, retriever, notices, embedder)
 
     @property
     def index(self) -> Index:
-        return self._retriever.index
+        return self._live.retriever.index
 
     def status(self) -> Status:
-        index = self.index
-        return Status(self._retriever.mode, len(self._documents), len(index), index.version,
-                      index.manifest.model if self._retriever.embedder else None, self.notices)  # fmt: skip
+        live = self._live
+        index = live.retriever.index
+        return Status(live.retriever.mode, len(live.documents), len(index), index.version,
+                      index.manifest.model if live.retriever.embedder else None, self.notices)  # fmt: skip
 
     def documents(self) -> list[DocumentInfo]:
-        return list(self._documents.values())
+        return list(self._live.documents.values())
 
     def ask(
         self,
@@ -116,14 +129,17 @@ class Engine:
         Raises AuditError when the record cannot be written: no answer goes out unrecorded."""
         if not isinstance(question, str):
             raise QuestionError(f"the question must be text, not {type(question).__name__}")
-        retriever, docs = self._retriever, self._documents  # one consistent index version per answer
+        self.reload()
+        live = self._live  # one consistent index version for the whole answer
+        retriever, docs = live.retriever, live.documents
         k = k or self.settings.top_k
         result = retriever.search(question, k, documents)
         searched = tuple(d.path for d in docs.values() if not documents or d.id in documents or d.path in documents)
         model = retriever.index.manifest.model if retriever.embedder else None
         answer = build_answer(result.question, result, docs, retriever.index.version, model, searched)
         answer = replace(answer, id=uuid.uuid4().hex)
-        payload = answer.to_json() | {"settings": {"k": k, "documents": documents or [], **self._audit_settings()}}
+        settings = {"k": k, "documents": documents or [], "mode": retriever.mode, **self._audit_settings()}
+        payload = answer.to_json() | {"settings": settings}
         self.audit.append("answer", answer.question, payload, user=user, channel=channel, record_id=answer.id)
         return answer
 
@@ -134,18 +150,30 @@ class Engine:
 
     def _audit_settings(self) -> dict[str, object]:
         keys = ("model", "rerank_model", "candidates", "min_relevance", "min_dense_score", "chunk_size")
-        return {key: getattr(self.settings, key) for key in keys} | {"mode": self._retriever.mode}
+        return {key: getattr(self.settings, key) for key in keys}
 
     def reload(self) -> bool:
-        """Switch to the live index version if a build has replaced ours; True when switched."""
+        """Switch to the live index version if a build has replaced ours; True when switched.
+
+        A new version that cannot be opened (damaged, or built with another model) is refused
+        with a notice, and the engine keeps answering from the version it has."""
+        folder = current_version(self.settings.index)
+        if folder is None or folder == self.index.folder or folder.name == self._refused:
+            return False
         with self._lock:
-            folder = current_version(self.settings.index)
-            if folder is None or folder == self.index.folder:
+            if folder == self.index.folder:
                 return False
-            index = open_index(self.settings.index)
-            old = self._retriever
-            self._retriever = _retriever(self.settings, index, old.embedder or None, old.reranker)
-            self._documents = {d.id: d for d in index.documents()}
+            try:
+                index = open_index(self.settings.index)
+                if self._embedder is not None and index.has_dense:
+                    check_model(index.manifest, self._embedder.name, self._embedder.dimension)
+            except ThreatQAError as exc:
+                self._refused = folder.name
+                _stderr(f"threatqa: kept index {self.index.version}; the new version was refused: {exc}")
+                return False
+            old = self._live.retriever
+            retriever = _retriever(self.settings, index, self._embedder, old.reranker)
+            self._live = _Live(retriever, {d.id: d for d in index.documents()})
             return True
 
 

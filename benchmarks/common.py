@@ -1,0 +1,110 @@
+"""Shared helpers for the benchmarks: corpora from real sentences, real-structured vectors, timing, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SQUAD = Path(os.environ.get("THREATQA_EVAL", ROOT.parent / "shared" / "eval")) / "squad2-dev-subset.json"
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def squad_paragraphs() -> list[str]:
+    """The real paragraphs of the SQuAD 2.0 evaluation subset."""
+    data = json.loads(SQUAD.read_text(encoding="utf-8"))["data"]
+    return [p["context"] for article in data for p in article["paragraphs"]]
+
+
+def squad_questions() -> list[str]:
+    data = json.loads(SQUAD.read_text(encoding="utf-8"))["data"]
+    return [qa["question"] for a in data for p in a["paragraphs"] for qa in p["qas"]]
+
+
+def passages(n: int, seed: int = 0) -> list[str]:
+    """n passages of 2-4 real sentences each, drawn (with replacement) from the SQuAD paragraphs.
+
+    Sentences stay in order within a passage; the mix makes every passage distinct text while
+    word statistics (vocabulary, lengths, term frequencies) stay those of real prose."""
+    sentences = [s for p in squad_paragraphs() for s in _SENTENCE.split(p) if len(s) > 20]
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(sentences) - 4, n)
+    sizes = rng.integers(2, 5, n)
+    return [" ".join(sentences[s : s + k]) for s, k in zip(starts.tolist(), sizes.tolist())]
+
+
+def clustered_vectors(n: int, dim: int = 384, seed: int = 0, latent: int = 48) -> np.ndarray:
+    """Unit vectors with the structure of text embeddings, not uniform noise.
+
+    Text embeddings occupy a low-dimensional, clustered part of the sphere (topics, subtopics,
+    near-duplicates). We draw topic and subtopic centres in a `latent`-d space, embed them in
+    `dim` dimensions with a decaying spectrum, and add small isotropic noise. Uniform random
+    vectors would be the ANN worst case and understate recall."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, latent)))[0].T * np.geomspace(1.0, 0.2, latent)[:, None]
+    topics = rng.standard_normal((max(16, int(np.sqrt(n))), latent)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        topic = topics[rng.integers(0, len(topics), m)]
+        z = topic + 0.6 * rng.standard_normal((m, latent)).astype(np.float32)
+        block = z @ basis.astype(np.float32) + 0.05 * rng.standard_normal((m, dim)).astype(np.float32)
+        out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def corpus_and_queries(n: int, queries: int, dim: int = 384, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n corpus vectors and held-out query vectors from the same distribution (same topics)."""
+    vectors = clustered_vectors(n + queries, dim, seed)
+    return vectors[:n], np.ascontiguousarray(vectors[n:])
+
+
+def percentiles(samples_ms: list[float]) -> tuple[float, float]:
+    """p50 and p95 of a list of milliseconds."""
+    ordered = sorted(samples_ms)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def time_calls(fn: Callable[[object], object], inputs: list[object], warmup: int = 5) -> list[float]:
+    """Milliseconds of fn(x) for each input, after a few warm-up calls."""
+    for x in inputs[:warmup]:
+        fn(x)
+    samples = []
+    for x in inputs:
+        t = time.perf_counter()
+        fn(x)
+        samples.append((time.perf_counter() - t) * 1000)
+    return samples
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> str:
+    """A Markdown table with a title line, numbers formatted compactly."""
+
+    def fmt(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+        return str(value)
+
+    lines = [f"\n### {title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
