@@ -41,7 +41,7 @@ def passages(n: int, seed: int = 0) -> list[str]:
     return [" ".join(sentences[s : s + k]) for s, k in zip(starts.tolist(), sizes.tolist())]
 
 
-def clustered_vectors(n: int, dim: int = 384, seed: int = 0, latent: int = 48) -> np.ndarray:
+def clustered_vectors(n: int, dim: int = 384, seed: int = 0, latent: int = 64) -> np.ndarray:
     """Unit vectors with the structure of text embeddings, not uniform noise.
 
     Text embeddings occupy a low-dimensional, clustered part of the sphere (topics, subtopics,
@@ -49,13 +49,13 @@ def clustered_vectors(n: int, dim: int = 384, seed: int = 0, latent: int = 48) -
     `dim` dimensions with a decaying spectrum, and add small isotropic noise. Uniform random
     vectors would be the ANN worst case and understate recall."""
     rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(rng.standard_normal((dim, latent)))[0].T * np.geomspace(1.0, 0.2, latent)[:, None]
+    basis = np.linalg.qr(rng.standard_normal((dim, latent)))[0].T * np.geomspace(1.0, 0.3, latent)[:, None]
     topics = rng.standard_normal((max(16, int(np.sqrt(n))), latent)).astype(np.float32)
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
         topic = topics[rng.integers(0, len(topics), m)]
-        z = topic + 0.6 * rng.standard_normal((m, latent)).astype(np.float32)
+        z = topic + 1.0 * rng.standard_normal((m, latent)).astype(np.float32)
         block = z @ basis.astype(np.float32) + 0.05 * rng.standard_normal((m, dim)).astype(np.float32)
         out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
