@@ -107,4 +107,3 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     text = "\n".join(lines)
     print(text, flush=True)
     return text
-

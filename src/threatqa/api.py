@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -107,8 +108,20 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
     return gr.mount_gradio_app(
         app, blocks, path="/", root_path=settings.root_path or None, show_error=False, theme=theme(), css=CSS,
-        footer_links=[], ssr_mode=False,
+        footer_links=[], ssr_mode=False, enable_monitoring=False, mcp_server=False,
+        # the UI takes no files: uploads are capped to nothing useful, and no path is served
+        max_file_size=UPLOAD_LIMIT, allowed_paths=[], blocked_paths=_private_paths(settings),
     )  # fmt: skip
+
+
+UPLOAD_LIMIT = 1024  # bytes
+
+
+def _private_paths(settings: Settings) -> list[str]:
+    """Folders and files never served, even if a future component asked for them."""
+    return [str(p.resolve()) for p in (settings.index, settings.audit, settings.docs)] + (
+        [str(Path(settings.model).resolve())] if settings.model and Path(settings.model).exists() else []
+    )
 
 
 def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) -> None:

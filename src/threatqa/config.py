@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     )
     max_question_chars: int = Field(
         2000,
-        description="Longest question: the web server refuses longer ones (HTTP 413); the CLI truncates them, with a notice.",
+        description="Longest question: the web server refuses longer ones (HTTP 413); the CLI truncates "
+        "them, with a notice.",
         ge=10,
     )
     max_file_mb: float = Field(50.0, description="Files larger than this are skipped with a warning.", gt=0)

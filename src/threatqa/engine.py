@@ -16,6 +16,7 @@ from threatqa.embeddings import HOW_TO_PROVIDE, Embedder, load_embedder, load_re
 from threatqa.errors import IndexMissing, ModelUnavailable, QuestionError, ThreatQAError
 from threatqa.index import (
     BuildReport,
+    DenseConfig,
     DocumentInfo,
     Index,
     build_index,
@@ -189,7 +190,7 @@ def _try_embedder(settings: Settings, note: Callable[[str], None]) -> Embedder |
         note("no embedding model configured: lexical (BM25) mode")
         return None
     try:
-        return load_embedder(settings.model, settings.hub_timeout)
+        return load_embedder(settings.model, settings.hub_timeout, settings.backend)
     except ModelUnavailable as exc:
         note(f"{exc}; running in lexical (BM25) mode. {HOW_TO_PROVIDE[0].upper()}{HOW_TO_PROVIDE[1:]}.")
         return None
@@ -202,6 +203,7 @@ def index_folder(settings: Settings, embedder: Embedder | None, log: Callable[[s
     return build_index(
         settings.docs, settings.index, embedder, chunk_config(settings),
         settings.max_file_mb, progress=sys.stderr.isatty(), warn=log,
+        dense=DenseConfig(settings.ann_threshold, settings.ann_nprobe),
     )  # fmt: skip
 
 

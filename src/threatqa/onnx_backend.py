@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import threading
 import uuid
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,9 +139,15 @@ def export(name: str, location: str, local: bool, folder: Path, fingerprint: str
     spec = _spec(model, name, fingerprint)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
+    root = logging.getLogger()
+    level = root.level
     try:
-        _export_graph(model, staging / "model.onnx", spec.input_names)
-        quantize_dynamic(str(staging / "model.onnx"), str(staging / "model-int8.onnx"), weight_type=QuantType.QInt8)
+        # the tracer and the quantiser warn about things that do not apply to a frozen BERT graph
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            root.setLevel(logging.ERROR)
+            _export_graph(model, staging / "model.onnx", spec.input_names)
+            quantize_dynamic(str(staging / "model.onnx"), str(staging / "model-int8.onnx"), weight_type=QuantType.QInt8)
         model.tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
         (staging / "spec.json").write_text(json.dumps(asdict(spec), indent=1), encoding="utf-8")
         if folder.exists():  # a stale export: move it aside, then swap in the new one
@@ -148,6 +156,7 @@ def export(name: str, location: str, local: bool, folder: Path, fingerprint: str
             shutil.rmtree(old, ignore_errors=True)
         os.replace(staging, folder)
     finally:
+        root.setLevel(level)
         shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -121,13 +121,7 @@ class Retriever:
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
         if self.embedder is None or self.index.dense is None:
             return empty
-        import faiss
-
-        vector = self.embedder.encode_query(text)
-        params = None
-        if mask is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64)))
-        scores, rows = self.index.dense.search(vector, min(pool, len(self.index)), params=params)  # type: ignore[attr-defined]
+        scores, rows = self.index.dense_search(self.embedder.encode_query(text), pool, mask)
         keep = rows[0] >= 0
         return rows[0][keep].astype(np.int64), scores[0][keep]
 

@@ -215,6 +215,9 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
 Reply = dict[str, Any]  # {"id": audit id or None, "passages": [vars(Shown), ...]}
 
 
+MAX_HISTORY = 200  # chat messages kept in a session
+
+
 class _Handlers:
     """Event handlers: parse, call the engine, format. Errors reach the user as plain messages."""
 
@@ -242,7 +245,7 @@ class _Handlers:
         answer = self._answer(question or "", None, documents, request)
         reply = {"id": answer.id, "passages": [vars(s) for s in shown_passages(answer)]}
         history = [
-            *history,
+            *history[-MAX_HISTORY:],  # the client sends the history: a forged, huge one is cut
             {"role": "user", "content": escape_markdown(question)},
             {"role": "assistant", "content": format_answer(answer)},
         ]

@@ -1,0 +1,138 @@
+"""Query latency, memory and index size at a given corpus size, against a bare embed + FAISS baseline.
+
+    python benchmarks/query.py --sizes 1000 100000
+
+Each size: a docs folder of generated passages (real SQuAD sentences) is indexed with
+`build_index`; up to --real-vectors passages the vectors come from the real code path (the
+ONNX int8 all-MiniLM-L6 architecture), above it from `clustered_vectors` (said so in the table).
+Then a fresh process opens the index as the server does and times, over real questions:
+bare (one query embedding + one FAISS search), the lexical search alone, `Retriever.search`,
+`Engine.ask` (search + answer + audit record) and POST /api/ask through FastAPI's TestClient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import clustered_vectors, folder_mb, passages, peak_rss_mb, percentiles, squad_questions, table, time_calls
+from embed import MODELS
+from models import build_model
+
+from threatqa.index import DenseConfig, build_index
+
+PER_FILE = 100
+
+
+class SyntheticEmbedder:
+    """Stands in for the model at build time only: real-structured vectors, the real model's name."""
+
+    def __init__(self, name: str, dimension: int = 384) -> None:
+        self.name, self.dimension, self._done = name, dimension, 0
+
+    def encode_documents(self, texts: list[str], progress: bool = False, batch_size: int = 32) -> np.ndarray:
+        vectors = clustered_vectors(len(texts), self.dimension, seed=len(texts))
+        return vectors
+
+
+def build(n: int, folder: Path, real_vectors: int) -> dict[str, object]:
+    from threatqa.embeddings import load_embedder
+
+    model = build_model("all-MiniLM-L6-v2", MODELS)
+    docs = folder / "docs"
+    docs.mkdir(parents=True)
+    texts = passages(n, seed=3)
+    for i in range(0, n, PER_FILE):
+        (docs / f"report-{i // PER_FILE:06d}.txt").write_text("\n\n".join(texts[i : i + PER_FILE]), encoding="utf-8")
+    real = n <= real_vectors
+    embedder = load_embedder(str(model), backend="onnx") if real else SyntheticEmbedder(str(model))
+    t = time.perf_counter()
+    report = build_index(docs, folder / "index", embedder, warn=lambda m: None, dense=DenseConfig())  # type: ignore[arg-type]
+    return {"build_s": time.perf_counter() - t, "passages": report.passages, "vectors": "real" if real else "synthetic",
+            "build_rss_mb": peak_rss_mb(), "model": str(model)}  # fmt: skip
+
+
+def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
+    """Runs in a fresh process: open the index like the server, time each layer of a question."""
+    from fastapi.testclient import TestClient
+
+    from threatqa.api import create_app
+    from threatqa.config import Settings
+    from threatqa.engine import Engine
+
+    settings = Settings.load(docs=folder / "docs", index=folder / "index", audit=folder / "audit.sqlite3",
+                             model=model, backend="onnx")  # fmt: skip
+    t = time.perf_counter()
+    engine = Engine.start(settings, build="never", log=lambda m: None)
+    start_s = time.perf_counter() - t
+    retriever = engine._live.retriever
+    index, embedder = retriever.index, retriever.embedder
+    questions = squad_questions()[:queries]
+    result = {"start_s": start_s, "index": type(index.dense).__name__}
+    result["bare"] = percentiles(time_calls(lambda q: index.dense.search(embedder.encode_query(q), 10), questions))
+    result["embed"] = percentiles(time_calls(embedder.encode_query, questions))
+    result["lexical"] = percentiles(time_calls(lambda q: index.lexical.search(q, 50), questions))
+    result["search"] = percentiles(time_calls(lambda q: retriever.search(q, 5), questions))
+    result["ask"] = percentiles(time_calls(lambda q: engine.ask(q), questions))
+    client = TestClient(create_app(settings, engine))
+    result["api"] = percentiles(time_calls(lambda q: client.post("/api/ask", json={"question": q}), questions))
+    result["rss_mb"] = peak_rss_mb()
+    result["index_mb"] = folder_mb(folder / "index")
+    return result
+
+
+def run(sizes: list[int], real_vectors: int, queries: int) -> None:
+    rows, speed = [], []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            built = build(n, Path(tmp), real_vectors)
+            out = subprocess.run([sys.executable, __file__, "--serve", tmp, "--model", str(built["model"]),
+                                  "--queries", str(queries)], capture_output=True, text=True, check=False)  # fmt: skip
+            if out.returncode:
+                print(out.stderr[-3000:], file=sys.stderr)
+                continue
+            s = json.loads(out.stdout.strip().splitlines()[-1])
+        ratio = s["search"][0] / s["bare"][0]
+        rows.append([f"{built['passages']:,}", built["vectors"], s["index"], s["bare"][0], s["embed"][0],
+                     s["lexical"][0], s["search"][0], s["search"][1], ratio, s["ask"][0], s["ask"][1],
+                     s["api"][0], s["api"][1]])  # fmt: skip
+        speed.append([f"{built['passages']:,}", built["build_s"], built["passages"] / built["build_s"],
+                      built["build_rss_mb"], s["start_s"], s["rss_mb"], s["index_mb"]])  # fmt: skip
+    table(
+        f"Query latency in ms, ONNX int8 all-MiniLM-L6 architecture, {queries} SQuAD questions, {os.cpu_count()} cores "
+        "(bare = one query embedding + one FAISS search, the baseline)",
+        ["passages", "vectors", "dense index", "bare p50", "embed p50", "lexical p50", "search p50", "search p95",
+         "search/bare (goal <= 1.3)", "ask p50", "ask p95", "/api/ask p50", "/api/ask p95"],
+        rows,
+    )  # fmt: skip
+    table(
+        "Build and memory (synthetic vectors: the build time excludes embedding)",
+        ["passages", "build s", "build passages/s", "build peak RSS MB", "engine start s", "serving peak RSS MB",
+         "index on disk MB"],
+        speed,
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
+    parser.add_argument("--real-vectors", type=int, default=2000, help="largest corpus embedded with the real model")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        print(json.dumps(serve(args.serve, args.model, args.queries)))
+    else:
+        run(args.sizes, args.real_vectors, args.queries)
+
+
+if __name__ == "__main__":
+    main()
