@@ -41,7 +41,7 @@ def measure(name: str, index: faiss.Index, queries: np.ndarray, truth: np.ndarra
     return [name, build_s, p50, p95, recall(found, truth), size]
 
 
-def run(n: int, n_queries: int, full: bool) -> None:
+def run(n: int, n_queries: int, full: bool, hnsw: bool = True) -> None:
     faiss.omp_set_num_threads(2)
     vectors, queries = corpus_and_queries(n, n_queries)
     dim = vectors.shape[1]
@@ -51,7 +51,7 @@ def run(n: int, n_queries: int, full: bool) -> None:
     rows = [measure("Flat (exact)", flat, queries, flat.search(queries, K)[1], time.perf_counter() - t)]
     truth = flat.search(queries, K)[1]
     del flat
-    for m, ef_search in ((32, 64), (32, 128)) if full else ((32, 64),):
+    for m, ef_search in ((32, 64), (32, 128)) if full and hnsw else ((32, 64),) if hnsw else ():
         t = time.perf_counter()
         hnsw = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = 80
@@ -85,9 +85,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--no-hnsw", action="store_true", help="skip HNSW (its build takes minutes at 1M)")
     args = parser.parse_args()
     for n in args.sizes:
-        run(n, args.queries, full=n >= 100_000)
+        run(n, args.queries, full=n >= 100_000, hnsw=not args.no_hnsw)
 
 
 if __name__ == "__main__":

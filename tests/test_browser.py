@@ -38,6 +38,26 @@ were found in the manifest.
 Customs officers inspect refrigerated containers more often since the ring was exposed.
 """
 HOSTILE_QUESTION = "How does the harbour smuggling ring hide contraband in refrigerated containers?"
+HOSTILE_MARKDOWN = """# Phishing kit advisory
+
+The phishing kit advisory warns that counterfeit parcel notices harvest bank logins.
+[track your parcel](javascript:alert(3)) <a href="javascript:alert(4)">login</a>
+<form action="http://127.0.0.2/steal"><input name="password"></form>
+<div style="position:fixed;top:0;left:0;width:100%;height:100%;background:red">overlay</div>
+
+```mermaid
+graph TD; A-->B; click A callback "javascript:alert(5)"
+```
+
+$$\\frac{1}{0}$$ and <iframe src="http://127.0.0.2/"></iframe> end the advisory.
+"""
+MARKDOWN_QUESTION = "What does the phishing kit advisory say about counterfeit parcel notices?"
+MARKUP_LITERALS = (
+    "[track your parcel](javascript:alert(3))", '<a href="javascript:alert(4)">login</a>',
+    '<form action="http://127.0.0.2/steal">', '<div style="position:fixed;', "```mermaid", "$$\\frac{1}{0}$$",
+    '<iframe src="http://127.0.0.2/"></iframe>',
+)  # fmt: skip
+FROM_DOCUMENT_TEXT = "form, input, iframe, img, script, a, .katex, .mermaid, [style*='position:fixed'], [onerror]"
 
 
 def _free_port() -> int:
@@ -56,6 +76,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     docs.mkdir()
     shutil.copy(CORPUS / CORPUS_FILE, docs / CORPUS_FILE)
     (docs / "harbour-bulletin.txt").write_text(HOSTILE_DOC, encoding="utf-8")
+    (docs / "phishing-advisory.md").write_text(HOSTILE_MARKDOWN, encoding="utf-8")
     port = _free_port()
     env = os.environ | {"THREATQA_MODEL": "", "THREATQA_AUDIT": str(root / "audit.sqlite3"), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "threatqa.cli", "serve", "--docs", str(docs), "--index", str(root / "index")]
@@ -96,7 +117,7 @@ def test_ask_cite_view_in_context_and_render_markup_literally(server: str) -> No
         page.on("request", lambda request: None if request.url.startswith(server) else foreign.append(request.url))
         page.goto(server + "/")
         expect(page.locator("#tqa-status")).to_contain_text("Mode: lexical", timeout=30_000)
-        expect(page.locator("#tqa-status")).to_contain_text("2 documents")
+        expect(page.locator("#tqa-status")).to_contain_text("3 documents")
 
         _ask(page, "How many people are involved in serious organised crime in the UK?")
         reply = page.locator("#tqa-chat .message.bot").last
@@ -122,8 +143,18 @@ def test_ask_cite_view_in_context_and_render_markup_literally(server: str) -> No
         expect(page.locator("#tqa-context")).to_contain_text("<script>alert(2)</script>")
         assert page.locator("#tqa-chat img, #tqa-context img").count() == 0
         assert page.locator("#tqa-chat script, #tqa-context script, #tqa-chat .katex, #tqa-chat a").count() == 0
-        page.wait_for_timeout(500)  # give a stray onerror or image fetch time to happen
         OUTPUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "hostile-html.png"), full_page=True)
+
+        _ask(page, MARKDOWN_QUESTION)
+        reply = page.locator("#tqa-chat .message.bot").last
+        expect(reply).to_contain_text("Phishing kit advisory", timeout=30_000)
+        shown = reply.inner_text()
+        missing = [literal for literal in MARKUP_LITERALS if literal not in shown]
+        assert not missing, f"not shown literally: {missing}"
+        for area in ("#tqa-chat .message", "#tqa-context"):
+            assert page.locator(area).locator(FROM_DOCUMENT_TEXT).count() == 0, area
+        page.wait_for_timeout(500)  # give a stray onerror, script or fetch time to happen
         page.screenshot(path=str(OUTPUT / "answered.png"), full_page=True)
         browser.close()
     assert dialogs == []

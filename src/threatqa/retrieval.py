@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -108,6 +108,9 @@ class Retriever:
         hits = self._collect(text, ranked, chunks, dict(zip(lex_rows.tolist(), lex_scores.tolist())),
                              dict(zip(dense_rows.tolist(), dense_scores.tolist())), k)  # fmt: skip
         answered = self._answered(hits)
+        if answered:  # passages that share no term with the question and are not dense matches are noise
+            hits = [h for h in hits if h.relevance > 0 or (h.dense_score or -1.0) >= self.min_dense_score]
+            hits = [replace(hit, rank=rank) for rank, hit in enumerate(hits, start=1)]
         return Retrieval(text, tuple(hits), answered, self.mode, tuple(notices))
 
     def _mask(self, documents: list[str] | None) -> np.ndarray | None:
