@@ -5,17 +5,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run index ask test lint format test-slow test-browser ci eval bench
+.PHONY: help setup run index test lint format test-slow test-browser audit-deps ci eval bench load lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# the CPU build of PyTorch; an unpinned torch would pull several GB of CUDA packages
+	# the CPU build of PyTorch first; an unpinned torch would pull several GB of CUDA packages
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# then exactly the locked versions (`make lock` refreshes them), and threatqa itself
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(STAMP) ## create .venv and install threatqa with its dependencies
@@ -44,10 +45,21 @@ test-browser: $(STAMP) ## real-browser tests with Debian's Chromium (installs it
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	$(BIN)/pytest -m browser
 
-ci: test test-slow test-browser ## everything CI runs
+audit-deps: $(STAMP) ## pip-audit over requirements.lock (fails on a known vulnerability)
+	$(BIN)/python .ci/audit_deps.py requirements.lock
+
+ci: test test-slow test-browser audit-deps ## everything CI runs
+
+lock: ## re-resolve the dependencies into requirements.lock (in a scratch venv)
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet torch==2.13.0 && .lock-venv/bin/pip install --quiet '.[dev]'
+	.lock-venv/bin/pip freeze --exclude threatqa > requirements.lock && rm -rf .lock-venv
 
 eval: $(STAMP) ## retrieval accuracy on ../shared/eval, beside plain BM25
 	$(BIN)/threatqa eval
 
 bench: $(STAMP) ## benchmarks (figures against a baseline from the same run)
 	$(BIN)/python benchmarks/run.py
+
+load: $(STAMP) ## load benchmark: 32 clients for 2 minutes on 127.0.0.1
+	$(BIN)/python benchmarks/load.py

@@ -228,3 +228,12 @@ def test_audit_failure_is_a_503_without_paths(settings: Settings, tmp_path: Path
     response = client.post("/api/ask", json={"question": "cocaine"})
     assert response.status_code == 503 and "audit log" in response.json()["detail"]
     assert str(tmp_path) not in response.text and "passages" not in response.text
+
+
+def test_served_under_a_path_prefix(client_for: Callable[..., TestClient]) -> None:
+    """Behind a proxy that strips /threatqa, pages and the Gradio config point back under the prefix."""
+    client = client_for(root_path="/threatqa")
+    page = client.get("/")
+    assert page.status_code == 200 and '"root":"http://testserver/threatqa"' in page.text
+    assert client.get("/config").json()["root"] == "http://testserver/threatqa"
+    assert client.get("/api/health").json()["status"] == "ok"

@@ -12,7 +12,7 @@ from threatqa import __version__
 from threatqa.answer import csv_rows, csv_writer, format_text
 from threatqa.audit import AuditLog, AuditRecord
 from threatqa.config import Settings, settings_markdown
-from threatqa.engine import Engine, _try_embedder, describe_build, index_folder
+from threatqa.engine import Engine, describe_build, index_folder, try_embedder
 from threatqa.errors import ThreatQAError
 from threatqa.verify import answers_from_json, compare_answers, format_findings, format_replay, verify_answers
 
@@ -116,7 +116,7 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 
 def _cmd_index(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    embedder = _try_embedder(settings, lambda m: print(f"threatqa: {m}", file=sys.stderr))
+    embedder = try_embedder(settings, lambda m: print(f"threatqa: {m}", file=sys.stderr))
     report = index_folder(settings, embedder)
     print(describe_build(report))
     return 0

@@ -81,14 +81,14 @@ class Engine:
         tried = False
         missing = current_version(settings.index) is None
         if build == "stale" or (build == "missing" and missing):
-            embedder, tried = _try_embedder(settings, note), True
+            embedder, tried = try_embedder(settings, note), True
             model = embedder.name if embedder else None
             if missing or is_stale(settings.docs, settings.index, model, chunk_config(settings)):
                 report = index_folder(settings, embedder, log)
                 log(f"threatqa: {describe_build(report)}")
         index = open_index(settings.index)
         if index.has_dense and not tried:
-            embedder = _try_embedder(settings, note)
+            embedder = try_embedder(settings, note)
         elif not index.has_dense and not tried:
             note("lexical (BM25) mode: this index was built without an embedding model")
         if embedder is not None and index.has_dense:
@@ -185,7 +185,7 @@ def _retriever(settings: Settings, index: Index, embedder: Embedder | None, rera
     )  # type: ignore[arg-type]  # fmt: skip
 
 
-def _try_embedder(settings: Settings, note: Callable[[str], None]) -> Embedder | None:
+def try_embedder(settings: Settings, note: Callable[[str], None]) -> Embedder | None:
     if not settings.model:
         note("no embedding model configured: lexical (BM25) mode")
         return None
