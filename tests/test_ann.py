@@ -64,5 +64,5 @@ def test_document_filter_searches_every_list(approximate_index: tuple) -> None:
     index = open_index(index_dir)
     mask = np.zeros(len(index), dtype=bool)
     mask[[1, 3]] = True
-    scores, rows = index.dense_search(embedder.encode_query("hostile states"), 10, mask)
+    _scores, rows = index.dense_search(embedder.encode_query("hostile states"), 10, mask)
     assert set(rows[0][rows[0] >= 0].tolist()) == {1, 3}
