@@ -61,10 +61,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for backend in ("onnx", "torch", "lexical"):
             env = os.environ | {
-                "HF_HUB_OFFLINE": "1", "THREATQA_DOCS": str(ROOT / "docs"), "THREATQA_INDEX": f"{tmp}/index-{backend}",
-                "THREATQA_AUDIT": f"{tmp}/audit-{backend}.sqlite3", "THREATQA_MODEL": "" if backend == "lexical" else str(model),
-                "THREATQA_BACKEND": "torch" if backend == "lexical" else backend, "THREATQA_PORT": str(free_port()),
-            }  # fmt: skip
+                "HF_HUB_OFFLINE": "1",
+                "THREATQA_DOCS": str(ROOT / "docs"),
+                "THREATQA_INDEX": f"{tmp}/index-{backend}",
+                "THREATQA_AUDIT": f"{tmp}/audit-{backend}.sqlite3",
+                "THREATQA_MODEL": "" if backend == "lexical" else str(model),
+                "THREATQA_BACKEND": "torch" if backend == "lexical" else backend,
+                "THREATQA_PORT": str(free_port()),
+            }
             settings = Settings.load(docs=ROOT / "docs", index=Path(env["THREATQA_INDEX"]),
                                      audit=Path(env["THREATQA_AUDIT"]), model=env["THREATQA_MODEL"],
                                      backend=env["THREATQA_BACKEND"])  # fmt: skip

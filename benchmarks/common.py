@@ -45,8 +45,9 @@ def clustered_vectors(n: int, dim: int = 384, seed: int = 0, latent: int = 64) -
     """Unit vectors with the structure of text embeddings, not uniform noise.
 
     Text embeddings occupy a low-dimensional, clustered part of the sphere (topics, subtopics,
-    near-duplicates). We draw topic and subtopic centres in a `latent`-d space, embed them in
-    `dim` dimensions with a decaying spectrum, and add small isotropic noise. Uniform random
+    near-duplicates). We draw about sqrt(n) topic centres in a `latent`-d space, spread points
+    around them, embed them in `dim` dimensions with a decaying spectrum, and add small isotropic
+    noise. Uniform random
     vectors would be the ANN worst case and understate recall."""
     rng = np.random.default_rng(seed)
     basis = np.linalg.qr(rng.standard_normal((dim, latent)))[0].T * np.geomspace(1.0, 0.3, latent)[:, None]
@@ -86,7 +87,13 @@ def time_calls(fn: Callable[[object], object], inputs: list[object], warmup: int
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MB.
+
+    VmHWM rather than ru_maxrss: a child started from a large parent inherits the parent's
+    ru_maxrss, which would overstate the serving process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

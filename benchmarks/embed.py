@@ -64,8 +64,8 @@ def build_throughput(n: int) -> None:
             embedded: list[str] = []
             bare_encode = embedder.encode_documents
 
-            def recording(batch: list[str], progress: bool = False, _encode=bare_encode, **kw: object) -> object:
-                embedded.extend(batch)
+            def recording(batch: list[str], progress: bool = False, _encode=bare_encode, _seen=embedded) -> object:
+                _seen.extend(batch)
                 return _encode(batch, progress=progress)
 
             embedder.encode_documents = recording  # type: ignore[method-assign]

@@ -35,11 +35,10 @@ class SyntheticEmbedder:
     """Stands in for the model at build time only: real-structured vectors, the real model's name."""
 
     def __init__(self, name: str, dimension: int = 384) -> None:
-        self.name, self.dimension, self._done = name, dimension, 0
+        self.name, self.dimension = name, dimension
 
     def encode_documents(self, texts: list[str], progress: bool = False, batch_size: int = 32) -> np.ndarray:
-        vectors = clustered_vectors(len(texts), self.dimension, seed=len(texts))
-        return vectors
+        return clustered_vectors(len(texts), self.dimension, seed=len(texts))
 
 
 def build(n: int, folder: Path, real_vectors: int) -> dict[str, object]:

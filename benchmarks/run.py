@@ -13,6 +13,7 @@ HERE = Path(__file__).resolve().parent
 STEPS = [
     ["embed.py", "--passages", "256"],
     ["ann.py", "--sizes", "10000", "100000"],
+    ["lexical.py", "--sizes", "10000", "30000"],
     ["query.py", "--sizes", "1000", "100000"],
     ["coldstart.py"],
 ]
