@@ -18,6 +18,7 @@ import numpy as np
 from threatqa.chunking import Chunk
 from threatqa.embeddings import Embedder
 from threatqa.index import Index
+from threatqa.lexical import word_tokens
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -101,7 +102,9 @@ class Retriever:
         lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
         dense_rows, dense_scores = self._dense(text, pool, mask)
         if not len(lex_rows) and not len(dense_rows):
-            notices.append("no searchable words in the question (only stopwords or symbols)")
+            no_words = not word_tokens(text)
+            notices.append("no searchable words in the question (only stopwords or symbols)" if no_words
+                           else "no passage shares a word with the question")  # fmt: skip
             return Retrieval(text, (), False, self.mode, tuple(notices))
         ranked = self._fuse(lex_rows, lex_scores, dense_rows, dense_scores)
         chunks = self.index.chunks([row for row, _ in ranked[: max(pool, RERANK_POOL)]])
