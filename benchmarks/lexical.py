@@ -49,7 +49,8 @@ def main() -> None:
         rows.append([f"{n:,}", build_s, n / build_s, peak_rss_mb(), size, word[0], char[0], total[0], total[1]])
     table(
         "Lexical index (bm25s, numpy backend): build and per-view query cost, 200 SQuAD questions",
-        ["passages", "build s", "passages/s", "peak RSS MB", "on disk MB", "word view p50 ms", f"char view ({CHAR_CANDIDATES} cand.) p50 ms",
+        ["passages", "build s", "passages/s", "peak RSS MB", "on disk MB", "word view p50 ms",
+         f"char view ({CHAR_CANDIDATES} cand.) p50 ms",
          "search p50 ms", "search p95 ms"],
         rows,
     )  # fmt: skip

@@ -76,10 +76,8 @@ class CharView:
 
     @classmethod
     def build(cls, texts: list[str], k1: float = 1.5, b: float = 0.75, batch: int = 5000) -> CharView:
-        counts = sparse.vstack(
-            [_CHARS.transform(texts[i : i + batch]) for i in range(0, len(texts), batch)] or [sparse.csr_matrix((0, 1))],
-            format="csr",
-        )  # fmt: skip
+        parts = [_CHARS.transform(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+        counts = sparse.vstack(parts or [sparse.csr_matrix((0, _CHARS.n_features))], format="csr")
         lengths = np.asarray(counts.sum(axis=1)).ravel()
         per_row = k1 * (1 - b + b * lengths / max(float(lengths.mean()) if len(lengths) else 1.0, 1e-9))
         df = np.bincount(counts.indices, minlength=counts.shape[1])
