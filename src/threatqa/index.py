@@ -230,8 +230,19 @@ def current_version(index_dir: Path) -> Path | None:
     return folder if name and folder.is_dir() else None
 
 
+# One index load at a time per process: numpy parses .npy headers with ast.literal_eval, which
+# raises SystemError when two threads parse at once on CPython 3.11 ("AST constructor recursion
+# depth mismatch"); a server reloading while a build in the same process opens the new version hit it.
+_LOAD_LOCK = threading.Lock()
+
+
 def open_index(index_dir: Path, verify: bool = True) -> Index:
     """Open the live index version; damaged or missing files are a clear error."""
+    with _LOAD_LOCK:
+        return _open_index(index_dir, verify)
+
+
+def _open_index(index_dir: Path, verify: bool) -> Index:
     folder = current_version(index_dir)
     if folder is None:
         raise IndexMissing(f"no index in {index_dir}: build it with `threatqa index --index {index_dir}`")
