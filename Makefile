@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run index test lint format test-slow test-browser audit-deps ci eval bench load lock
+.PHONY: help setup run index test lint format test-slow test-browser chromium audit-deps ci eval bench load lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -41,14 +41,17 @@ test: lint ## lint, then the fast test suite (offline, a minute or two)
 test-slow: $(STAMP) ## the slow tests (evaluation targets, kill-mid-build)
 	$(BIN)/pytest -m slow
 
-test-browser: $(STAMP) ## real-browser tests with Debian's Chromium (installs it when missing)
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+test-browser: $(STAMP) chromium ## real-browser tests with Debian's Chromium (installs it when missing)
 	$(BIN)/pytest -m browser
 
 audit-deps: $(STAMP) ## pip-audit over requirements.lock (fails on a known vulnerability)
 	$(BIN)/python .ci/audit_deps.py requirements.lock
 
-ci: test test-slow test-browser audit-deps ## everything CI runs
+ci: audit-deps test chromium ## everything CI runs: the README's `make test`, then the slow and browser tests
+	$(BIN)/pytest -m "slow or browser"
+
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 lock: ## re-resolve the dependencies into requirements.lock (in a scratch venv)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -83,10 +83,11 @@ def test_bad_files_are_warned_about_and_the_rest_indexed(tmp_path: Path) -> None
 
 
 def test_oversized_file_is_skipped(tmp_path: Path) -> None:
-    (tmp_path / "big.txt").write_text("word " * 300_000)
+    with (tmp_path / "big.txt").open("wb") as handle:
+        handle.truncate(200 * 1024 * 1024)  # a sparse 200 MB file: no time or disk spent writing it
     WRITERS["txt"](tmp_path)
     warnings: list[str] = []
-    documents = load_documents(tmp_path, max_file_mb=1, warn=warnings.append)
+    documents = load_documents(tmp_path, max_file_mb=50, warn=warnings.append)
     assert [d.path for d in documents] == ["notes.txt"]
     assert "big.txt" in warnings[0] and "MB" in warnings[0]
 
@@ -116,3 +117,16 @@ def test_short_paragraphs_join_the_following_ones_and_long_ones_split() -> None:
     for before, after in itertools.pairwise(long_parts):
         assert after.start < before.end, "consecutive windows share one sentence"
     assert all(c.text == text[c.start : c.end] for c in chunks)
+
+
+def test_zip_bomb_docx_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    monkeypatch.setattr("threatqa.ingest.MAX_UNPACKED_BYTES", 1024 * 1024)
+    with zipfile.ZipFile(tmp_path / "bomb.docx", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", b"\0" * (8 * 1024 * 1024))  # 8 MB of zeros, ~8 KB packed
+    WRITERS["txt"](tmp_path)
+    warnings: list[str] = []
+    documents = load_documents(tmp_path, warn=warnings.append)
+    assert [d.path for d in documents] == ["notes.txt"]
+    assert "bomb.docx" in warnings[0] and "zip bomb" in warnings[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,9 +230,19 @@ def _read_pdf(data: bytes) -> Extracted:
     )
 
 
+MAX_UNPACKED_BYTES = 256 * 1024 * 1024  # a .docx that unpacks to more is refused (zip bomb)
+
+
 def _read_docx(data: bytes) -> Extracted:
     import docx
 
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        unpacked = sum(member.file_size for member in archive.infolist())
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise IngestError(
+            f"unpacks to {unpacked / 1048576:.0f} MB, over the {MAX_UNPACKED_BYTES / 1048576:.0f} MB limit "
+            "(a zip bomb?)"
+        )
     document = docx.Document(io.BytesIO(data))
     paragraphs = [p.text for p in document.paragraphs]
     for table in document.tables:
