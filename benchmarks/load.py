@@ -169,13 +169,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--warmup", type=float, default=45)
     args = parser.parse_args()
     ok = True
     with tempfile.TemporaryDirectory(prefix="threatqa-load-") as tmp:
         server = Server(Path(tmp) / "a")
         try:
             baseline = run_clients(server.base, 2, 5)  # one api + one gradio client, sequential requests
-            run_clients(server.base, args.clients, 5)  # warm-up
+            # warm-up: fills the server's bounded caches (Gradio keeps up to 2,000 sessions' message
+            # queues, `ui_sessions` sessions' state, 200 event timings) so growth after it means a leak
+            run_clients(server.base, args.clients, args.warmup)
             before = rss_mb(server.process.pid)
             tally = run_clients(server.base, args.clients, args.seconds)
             after = rss_mb(server.process.pid)

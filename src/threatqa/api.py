@@ -20,8 +20,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 # before gradio is imported: no usage analytics, no version check against the internet
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # forced: a user environment cannot turn analytics on
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# gradio keeps per-event timings for a monitoring page (10,000 events by default) that we never show
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
 
 import gradio as gr
 from fastapi import Body, FastAPI, Request
@@ -106,6 +108,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware, frame_ancestors=settings.frame_ancestors)
     blocks = build_ui(engine, settings, gate)
     blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
+    blocks.state_session_capacity = settings.ui_sessions  # per-session UI state is kept for this many sessions
     return gr.mount_gradio_app(
         app, blocks, path="/", root_path=settings.root_path or None, show_error=False, theme=theme(), css=CSS,
         footer_links=[], ssr_mode=False, enable_monitoring=False, mcp_server=False,

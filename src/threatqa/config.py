@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         32, description="Questions that may wait for a worker; beyond this the server answers 'busy'.", ge=1
     )
     workers: int = Field(2, description="Questions answered at the same time.", ge=1, le=64)
+    ui_sessions: int = Field(
+        500,
+        description="Browser sessions whose chat state the server keeps (oldest dropped first); bounds memory.",
+        ge=10,
+    )
 
     def allowed_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
