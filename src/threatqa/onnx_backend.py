@@ -83,7 +83,9 @@ class OnnxEmbedder:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         prompt = self.spec.document_prompt
-        for start in range(0, len(texts), batch_size):
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, len(texts), batch_size), desc="Embedding", unit="batch", disable=not progress):
             rows = order[start : start + batch_size]
             out[rows] = self._encode(self._document_session, [prompt + texts[i] for i in rows])
         return out
