@@ -11,7 +11,7 @@ import pytest
 
 from threatqa.embeddings import Embedder, load_embedder
 from threatqa.errors import IndexMismatch, IndexMissing
-from threatqa.index import build_index, check_model, current_version, is_stale, open_index
+from threatqa.index import SCHEMA_VERSION, build_index, check_model, current_version, is_stale, open_index
 
 
 class CountingEmbedder(Embedder):
@@ -47,7 +47,7 @@ def test_manifest_describes_the_index(tmp_path: Path, docs: Path, embedder: Coun
     (doc,) = manifest.documents.values()
     assert len(doc["sha256"]) == 64 and doc["chunks"] == report.passages
     assert all(len(info["sha256"]) == 64 and info["bytes"] > 0 for info in manifest.files.values())
-    assert manifest.schema_version == 1 and manifest.id == report.version
+    assert manifest.schema_version == SCHEMA_VERSION and manifest.id == report.version
 
 
 def test_incremental_reindex_embeds_only_changes(tmp_path: Path, docs: Path, embedder: CountingEmbedder) -> None:

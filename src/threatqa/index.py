@@ -42,7 +42,7 @@ from threatqa.errors import IndexMismatch, IndexMissing
 from threatqa.ingest import Document, PageSpan, load_documents
 from threatqa.lexical import LexicalIndex
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: passages keep their own text (a query never reads whole documents)
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks.sqlite"
@@ -177,10 +177,7 @@ class Index:
         if not rows:
             return []
         marks = ",".join("?" * len(rows))
-        query = (
-            "SELECT c.*, substr(d.text, c.start + 1, c.end - c.start) AS text FROM chunks c "
-            f"JOIN documents d ON d.id = c.doc_id WHERE c.row IN ({marks})"
-        )
+        query = f"SELECT * FROM chunks WHERE row IN ({marks})"
         found = {row["row"]: row for row in self._db().execute(query, [int(r) for r in rows])}
         return [_chunk_from_row(found[r]) for r in rows]
 
@@ -565,7 +562,7 @@ def _write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> 
                 doc_id TEXT NOT NULL REFERENCES documents(id), ordinal INTEGER NOT NULL, start INTEGER NOT NULL,
                 "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL, paragraph_end INTEGER NOT NULL,
                 line_start INTEGER NOT NULL, line_end INTEGER NOT NULL,
-                page INTEGER, page_end INTEGER, sha256 TEXT NOT NULL);
+                page INTEGER, page_end INTEGER, sha256 TEXT NOT NULL, text TEXT NOT NULL);
             CREATE INDEX chunks_doc ON chunks(doc_id);
             """
         )
@@ -586,10 +583,10 @@ def _write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> 
             ],
         )
         conn.executemany(
-            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (row, c.id, c.doc_id, c.ordinal, c.start, c.end, c.paragraph, c.paragraph_end, c.line_start,
-                 c.line_end, c.page, c.page_end, passage_sha256(c.text))
+                 c.line_end, c.page, c.page_end, passage_sha256(c.text), c.text)
                 for row, c in enumerate(chunks)
             ],
         )  # fmt: skip

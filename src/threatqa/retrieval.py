@@ -107,8 +107,7 @@ class Retriever:
                            else "no passage shares a word with the question")  # fmt: skip
             return Retrieval(text, (), False, self.mode, tuple(notices))
         ranked = self._fuse(lex_rows, lex_scores, dense_rows, dense_scores)
-        chunks = self.index.chunks([row for row, _ in ranked[: max(pool, RERANK_POOL)]])
-        hits = self._collect(text, ranked, chunks, dict(zip(lex_rows.tolist(), lex_scores.tolist())),
+        hits = self._collect(text, ranked, dict(zip(lex_rows.tolist(), lex_scores.tolist())),
                              dict(zip(dense_rows.tolist(), dense_scores.tolist())), k)  # fmt: skip
         answered = self._answered(hits)
         if answered:  # passages that share no term with the question and are not dense matches are noise
@@ -146,27 +145,25 @@ class Retriever:
         return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
     def _collect(
-        self,
-        text: str,
-        ranked: list[tuple[int, float]],
-        chunks: list[Chunk],
-        lexical: dict[int, float],
-        dense: dict[int, float],
-        k: int,
+        self, text: str, ranked: list[tuple[int, float]], lexical: dict[int, float], dense: dict[int, float], k: int
     ) -> list[Hit]:
         """Re-rank (when configured), drop passages overlapping a better one, keep k."""
-        candidates = [(row, score, chunk) for (row, score), chunk in zip(ranked, chunks)]
         rerank: dict[int, float] = {}
         if self.reranker is not None:
-            pool = candidates[:RERANK_POOL]
-            scores = self.reranker.predict([(text, c.text) for _, _, c in pool], show_progress_bar=False)
-            rerank = {row: float(s) for (row, _, _), s in zip(pool, scores)}
-            candidates = sorted(pool, key=lambda item: -rerank[item[0]]) + candidates[RERANK_POOL:]
+            pool = list(zip(ranked[:RERANK_POOL], self.index.chunks([row for row, _ in ranked[:RERANK_POOL]])))
+            scores = self.reranker.predict([(text, chunk.text) for _, chunk in pool], show_progress_bar=False)
+            rerank = {row: float(s) for ((row, _), _), s in zip(pool, scores)}
+            ranked = sorted(ranked[:RERANK_POOL], key=lambda item: -rerank[item[0]]) + ranked[RERANK_POOL:]
         chosen: list[tuple[int, float, Chunk]] = []
-        for row, score, chunk in candidates:
-            if any(c.doc_id == chunk.doc_id and c.start < chunk.end and chunk.start < c.end for _, _, c in chosen):
-                continue
-            chosen.append((row, rerank.get(row, score), chunk))
+        batch = 2 * k  # passages are read from the store a batch at a time, as far as the overlaps need
+        for start in range(0, len(ranked), batch):
+            part = ranked[start : start + batch]
+            for (row, score), chunk in zip(part, self.index.chunks([row for row, _ in part])):
+                if any(c.doc_id == chunk.doc_id and c.start < chunk.end and chunk.start < c.end for *_, c in chosen):
+                    continue
+                chosen.append((row, rerank.get(row, score), chunk))
+                if len(chosen) == k:
+                    break
             if len(chosen) == k:
                 break
         coverage = self.index.lexical.coverage(text, [c.text for _, _, c in chosen])
