@@ -69,3 +69,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text = (CORPUS / CORPUS_FILE).read_text(encoding="utf-8").lower()
     words = [*re.findall(r"[a-z]+", text), "banana", "bread", "football", "water"]
     return build_tiny_model(tmp_path_factory.mktemp("model"), words)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised BERT cross-encoder (one relevance score), saved locally."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("reranker")
+    text = (CORPUS / CORPUS_FILE).read_text(encoding="utf-8").lower()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(re.findall(r"[a-z]+", text)))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=256, num_labels=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -141,3 +141,23 @@ def test_a_damaged_new_version_is_refused_and_the_old_one_kept(engine: Engine, s
     answer = engine.ask("cocaine")
     assert answer.index_version == old and answer.answered
     assert not engine.reload(), "the refused version is not retried on every question"
+
+
+def test_cross_encoder_reranks_the_fused_candidates(settings: Settings, tiny_reranker: Path) -> None:
+    engine = Engine.start(
+        settings.model_copy(update={"rerank_model": str(tiny_reranker)}), build="missing", log=lambda m: None
+    )
+    answer = engine.ask(GOLD[0]["q"], k=5)
+    assert answer.mode == "lexical+rerank"
+    scores = [p.rerank_score for p in answer.passages]
+    assert all(s is not None for s in scores) and scores == sorted(scores, reverse=True)
+    assert [p.rank for p in answer.passages] == list(range(1, len(answer.passages) + 1))
+
+
+def test_unavailable_reranker_is_skipped_with_a_notice(settings: Settings, tmp_path: Path) -> None:
+    notices: list[str] = []
+    engine = Engine.start(
+        settings.model_copy(update={"rerank_model": str(tmp_path / "no-such-reranker")}), log=notices.append
+    )
+    assert engine.ask(GOLD[0]["q"]).mode == "lexical"
+    assert any("re-ranking skipped" in n for n in notices)
