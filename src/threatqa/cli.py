@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("record", help="the record id (or its number)")
     replay.set_defaults(handler=_cmd_audit_replay)
     export = audit_sub.add_parser("export", help="export a range of records as JSON or CSV")
-    _add_range(export, required=False)
+    _add_range(export)
     export.add_argument("--format", choices=("json", "csv"), default="json", help="output format")
     export.set_defaults(handler=_cmd_audit_export)
 
@@ -101,7 +101,7 @@ def _add_paths(parser: argparse.ArgumentParser, audit: bool = True) -> None:
         parser.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
 
 
-def _add_range(parser: argparse.ArgumentParser, required: bool = False) -> None:
+def _add_range(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
     parser.add_argument("--range", dest="records", default=None, metavar="FIRST:LAST",
                         help="audit records by number, e.g. 10:20, 10: or :20")  # fmt: skip

@@ -133,11 +133,6 @@ class Index:
         self.dense = dense
         self.stored_vectors = stored_vectors  # memory-mapped float16, beside an approximate index
         self._local = threading.local()
-        rows = self._db().execute("SELECT doc_id FROM chunks ORDER BY row").fetchall()
-        docs = {row["id"]: i for i, row in enumerate(self._db().execute("SELECT id FROM documents ORDER BY path"))}
-        # row -> document number, for document filters without touching SQLite per candidate
-        self.row_doc = np.fromiter((docs[r[0]] for r in rows), dtype=np.int32, count=len(rows))
-        self.doc_numbers = docs
 
     @property
     def version(self) -> str:
