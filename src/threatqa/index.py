@@ -39,7 +39,7 @@ import numpy as np
 from threatqa.chunking import Chunk, ChunkConfig, chunk_documents
 from threatqa.embeddings import Embedder
 from threatqa.errors import IndexMismatch, IndexMissing
-from threatqa.ingest import Document, PageSpan, load_documents
+from threatqa.ingest import Document, PageSpan, file_sha256, iter_files, load_documents
 from threatqa.lexical import LexicalIndex
 
 SCHEMA_VERSION = 2  # 2: passages keep their own text (a query never reads whole documents)
@@ -284,7 +284,7 @@ def check_files(folder: Path, manifest: Manifest) -> None:
         path = folder / name
         if not path.is_file() or path.stat().st_size != info["bytes"]:
             raise IndexMismatch(f"index file {path} is missing or truncated; rebuild with `threatqa index`")
-        if total <= VERIFY_CHECKSUMS_BELOW and _sha256(path) != info["sha256"]:
+        if total <= VERIFY_CHECKSUMS_BELOW and file_sha256(path) != info["sha256"]:
             raise IndexMismatch(f"index file {path} does not match its checksum; rebuild with `threatqa index`")
 
 
@@ -378,8 +378,6 @@ def is_stale(docs_dir: Path, index_dir: Path, model: str | None, chunking: Chunk
 
 def input_fingerprint(docs_dir: Path, chunking: ChunkConfig) -> str:
     """Hash of every candidate file (path and bytes, skipped ones included) and the chunk settings."""
-    from threatqa.ingest import file_sha256, iter_files
-
     digest = hashlib.sha256(json.dumps([SCHEMA_VERSION, asdict(chunking)], sort_keys=True).encode())
     if docs_dir.is_dir():
         for path in iter_files(docs_dir):
@@ -476,7 +474,7 @@ def _write_version(
                 np.save(staging / VECTORS, vectors.astype(np.float16))
             retrievers.append("dense")
         files = {
-            str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
             for path in sorted(staging.rglob("*"))
             if path.is_file()
         }
@@ -641,14 +639,6 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _document_from_row(row: sqlite3.Row) -> Document:

@@ -8,13 +8,13 @@ another path, or removed.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from threatqa.errors import IngestError, ThreatQAError
+from threatqa.index import passage_sha256
 from threatqa.ingest import file_sha256, iter_files, read_document
 
 HOLDS = "holds"
@@ -74,7 +74,7 @@ def _verify_passage(
     def found(status: str, detail: str) -> Finding:
         return Finding(question, int(passage.get("rank", 0)), source, start, end, status, detail)
 
-    if _passage_hash(quote) != passage.get("passage_sha256", _passage_hash(quote)):
+    if passage_sha256(quote) != passage.get("passage_sha256", passage_sha256(quote)):
         return found("passage_differs", "the saved quote does not match its own passage_sha256"), by_hash
     path = docs_dir / source
     if not path.is_file() or docs_dir.resolve() not in path.resolve().parents:
@@ -101,10 +101,6 @@ def _verify_passage(
         now = document.text[start:end]
         detail = f"the document was edited; the quote is gone (those offsets now read {now[:60]!r})"
     return found("document_edited", detail), by_hash
-
-
-def _passage_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
