@@ -42,7 +42,7 @@ from threatqa.errors import IndexMismatch, IndexMissing
 from threatqa.ingest import Document, PageSpan, file_sha256, iter_files, load_documents
 from threatqa.lexical import LexicalIndex
 
-SCHEMA_VERSION = 2  # 2: passages keep their own text (a query never reads whole documents)
+SCHEMA_VERSION = 3  # 2: passages keep their own text; 3: lexical views as memory-mapped BM25 matrices
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks.sqlite"
@@ -241,7 +241,7 @@ def _open_index(index_dir: Path, verify: bool) -> Index:
     manifest = read_manifest(folder)
     if verify:
         check_files(folder, manifest)
-    lexical = LexicalIndex.load(folder / BM25_DIR)
+    lexical = LexicalIndex(folder / BM25_DIR)
     dense = stored = None
     if "dense" in manifest.retrievers:
         import faiss
@@ -463,7 +463,7 @@ def _write_version(
     staging.mkdir()
     try:
         _write_store(staging / CHUNKS, documents, chunks)
-        LexicalIndex.build([c.text for c in chunks]).save(staging / BM25_DIR)
+        LexicalIndex.build([c.text for c in chunks], staging / BM25_DIR)
         retrievers = ["bm25"]
         if vectors is not None and embedder is not None:
             import faiss

@@ -8,30 +8,39 @@ over plain BM25 on whole paragraphs:
   question's terms appearing close together;
 - the two views are combined after scaling each by its best score (CombSUM of max-normalised
   scores), which keeps each view's score gaps where rank fusion would flatten them.
-The word view (bm25s, sparse) scores every passage; the character view, ten times costlier per
-passage, re-scores only the word view's best candidates, so a query's cost barely grows with
-the corpus.
+
+Both views are BM25 (Lucene's variant) over a sparse count matrix made by scikit-learn's
+vectorizers: `CountVectorizer` with our word analyzer, `HashingVectorizer` for character n-grams.
+The word view is stored by term (CSC: one posting list per stem), so a question reads only the
+postings of its own terms, for passages and sentences alike. The character view, ten times
+larger, is stored by passage (CSR) and re-scores only the word view's best candidates. Both are
+built a batch at a time into .npy files and memory-mapped when opened, so neither building nor
+serving holds a large corpus in memory.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
-import bm25s
 import numpy as np
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 from scipy import sparse
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, HashingVectorizer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer, HashingVectorizer
 
 from threatqa.chunking import Span, paragraphs, sentences
 
 SENTENCE_WEIGHT = 0.5
 CHAR_NGRAMS = (3, 5)  # n-gram sizes, inclusive
 CHAR_CANDIDATES = 200  # passages (best by the word view) that the character view re-scores
+K1, B = 1.5, 0.75  # BM25 parameters (the usual defaults)
+BATCH = 10_000  # texts vectorised at a time when building
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 _STOPWORDS = frozenset(STOPWORDS_EN) | frozenset(ENGLISH_STOP_WORDS)
 _STEMMER = Stemmer.Stemmer("english")
@@ -59,98 +68,224 @@ _CHARS = HashingVectorizer(
 )  # fmt: skip
 
 
+def _idf(df: np.ndarray, n: int) -> np.ndarray:
+    """BM25 IDF as Lucene computes it (never negative)."""
+    return np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
+def _saturate(tf: np.ndarray, lengths: np.ndarray, mean_length: float) -> np.ndarray:
+    """BM25's term-frequency part for counts tf in texts of the given lengths (Lucene's variant)."""
+    return tf / (tf + K1 * (1 - B + B * lengths / max(mean_length, 1e-9)))
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else 0.0
+
+
+def _scaled(scores: np.ndarray) -> np.ndarray:
+    """Scores divided by the best one (all zero when none is positive)."""
+    top = scores.max(initial=0.0)
+    return scores / top if top > 0 else np.zeros(len(scores))
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(s, e) for each pair, without a Python loop."""
+    lengths = ends - starts
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return offsets + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+def _open(path: Path) -> np.ndarray:
+    """A saved array, memory-mapped (as a plain ndarray: no per-access overhead of np.memmap)."""
+    return np.asarray(np.load(path, mmap_mode="r"))
+
+
+def _batches(texts: Iterable[str], size: int = BATCH) -> Iterator[list[str]]:
+    iterator = iter(texts)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
 @dataclass(frozen=True)
-class _View:
-    passages: bm25s.BM25
-    sentences: bm25s.BM25
+class WordView:
+    """BM25 weights of word stems, stored by stem (CSC: rows are texts, columns stems)."""
+
+    data: np.ndarray  # float32 weight per posting
+    indices: np.ndarray  # int32 text row per posting, ascending within a stem
+    indptr: np.ndarray  # int64, len(vocabulary) + 1
+    rows: int
+
+    @classmethod
+    def from_counts(cls, counts: sparse.csr_matrix) -> WordView:
+        """BM25 weights from a (texts x stems) count matrix."""
+        lengths = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
+        idf = _idf(np.bincount(counts.indices, minlength=counts.shape[1]), counts.shape[0])
+        per_entry = np.repeat(lengths, np.diff(counts.indptr))
+        counts.data = idf[counts.indices] * _saturate(counts.data, per_entry, _mean(lengths))
+        weights = counts.astype(np.float32).tocsc()
+        weights.sort_indices()
+        return cls(weights.data, weights.indices.astype(np.int32), weights.indptr.astype(np.int64), counts.shape[0])
+
+    def accumulate(self, terms: np.ndarray, into: np.ndarray) -> np.ndarray:
+        """Adds each term's BM25 to its rows in `into` (a term given twice counts twice); returns the
+        rows written (with repeats). Reads only the terms' posting lists."""
+        postings = _ranges(self.indptr[terms], self.indptr[terms + 1])
+        rows = self.indices[postings]
+        np.add.at(into, rows, self.data[postings])
+        return rows
+
+    def contains(self, term: int, rows: np.ndarray) -> np.ndarray:
+        """For each row: whether its text has the term."""
+        postings = self.indices[self.indptr[term] : self.indptr[term + 1]]
+        if not len(postings):
+            return np.zeros(len(rows), dtype=bool)
+        at = np.minimum(np.searchsorted(postings, rows), len(postings) - 1)
+        return postings[at] == rows
+
+    def document_frequency(self, term: int) -> int:
+        return int(self.indptr[term + 1] - self.indptr[term])
+
+    def save(self, folder: Path, name: str) -> None:
+        for part in ("data", "indices", "indptr"):
+            np.save(folder / f"{name}-{part}.npy", getattr(self, part))
+
+    @classmethod
+    def load(cls, folder: Path, name: str, rows: int) -> WordView:
+        return cls(*(_open(folder / f"{name}-{part}.npy") for part in ("data", "indices", "indptr")), rows=rows)
 
 
 @dataclass(frozen=True)
 class CharView:
-    """BM25 weights of character n-grams per passage, as a CSR matrix (rows: passages).
+    """BM25 weights of character n-grams, stored by text (CSR: rows are texts, columns hashes).
 
     Only the rows of a question's candidates are ever read, so the cost of a query does not grow
-    with the corpus, and the arrays can stay memory-mapped on disk."""
+    with the corpus, and the arrays stay memory-mapped on disk."""
 
     weights: sparse.csr_matrix
 
     @classmethod
-    def build(cls, texts: list[str], k1: float = 1.5, b: float = 0.75, batch: int = 5000) -> CharView:
-        parts = [_CHARS.transform(texts[i : i + batch]) for i in range(0, len(texts), batch)]
-        counts = sparse.vstack(parts or [sparse.csr_matrix((0, _CHARS.n_features))], format="csr")
-        lengths = np.asarray(counts.sum(axis=1)).ravel()
-        per_row = k1 * (1 - b + b * lengths / max(float(lengths.mean()) if len(lengths) else 1.0, 1e-9))
-        df = np.bincount(counts.indices, minlength=counts.shape[1])
-        idf = np.log(1 + (len(texts) - df + 0.5) / (df + 0.5)).astype(np.float32)
-        tf = counts.data
-        saturation = np.repeat(per_row, np.diff(counts.indptr)).astype(np.float32)
-        counts.data = (tf * (k1 + 1) / (tf + saturation) * idf[counts.indices]).astype(np.float32)
-        return cls(counts)
-
-    def scores(self, question: str, rows: np.ndarray) -> np.ndarray:
-        """BM25 of the question's character n-grams for the given passage rows."""
-        query = _CHARS.transform([question])
-        if not query.nnz:
-            return np.zeros(len(rows), dtype=np.float32)
-        picked = self.weights[rows][:, query.indices]
-        return np.asarray(picked @ query.data).ravel().astype(np.float32)
-
-    def save(self, folder: Path, name: str) -> None:
-        for part in ("data", "indices", "indptr"):
-            np.save(folder / f"{name}-{part}.npy", getattr(self.weights, part))
-        np.save(folder / f"{name}-shape.npy", np.array(self.weights.shape))
+    def build(cls, texts: Iterable[str], folder: Path, name: str) -> CharView:
+        """Two passes over the corpus on disk: counts and document frequencies, then BM25 weights."""
+        df = np.zeros(_CHARS.n_features, dtype=np.int64)
+        sizes, lengths = [], []
+        raw = {part: folder / f".{name}-{part}.raw" for part in ("data", "indices")}
+        with raw["data"].open("wb") as data_out, raw["indices"].open("wb") as indices_out:
+            for batch in _batches(texts):
+                counts = _CHARS.transform(batch)
+                counts.sort_indices()
+                counts.data.astype(np.float32).tofile(data_out)
+                counts.indices.astype(np.int32).tofile(indices_out)
+                sizes.append(np.diff(counts.indptr))
+                lengths.append(np.asarray(counts.sum(axis=1), dtype=np.float32).ravel())
+                df += np.bincount(counts.indices, minlength=_CHARS.n_features)
+        sizes_all = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
+        length = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.float32)
+        indptr = np.concatenate(([0], np.cumsum(sizes_all))).astype(np.int64)
+        idf, mean_length, total = _idf(df, len(length)), _mean(length), int(indptr[-1])
+        counts_in = (
+            np.memmap(raw["data"], dtype=np.float32, mode="r", shape=(total,)) if total else np.zeros(0, np.float32)
+        )
+        ngrams_in = (
+            np.memmap(raw["indices"], dtype=np.int32, mode="r", shape=(total,)) if total else np.zeros(0, np.int32)
+        )
+        data = np.lib.format.open_memmap(folder / f"{name}-data.npy", "w+", np.float32, (total,))
+        indices = np.lib.format.open_memmap(folder / f"{name}-indices.npy", "w+", np.int32, (total,))
+        for first in range(0, len(length), BATCH * 5):
+            rows = slice(first, min(first + BATCH * 5, len(length)))
+            a, z = int(indptr[rows.start]), int(indptr[rows.stop])
+            ngrams = ngrams_in[a:z]
+            per_entry = np.repeat(length[rows], sizes_all[rows])
+            data[a:z] = idf[ngrams] * _saturate(counts_in[a:z], per_entry, mean_length)
+            indices[a:z] = ngrams
+        data.flush(), indices.flush()
+        del data, indices, counts_in, ngrams_in
+        for path in raw.values():
+            path.unlink()
+        np.save(folder / f"{name}-indptr.npy", indptr)
+        return cls.load(folder, name)
 
     @classmethod
     def load(cls, folder: Path, name: str) -> CharView:
-        arrays = [np.load(folder / f"{name}-{part}.npy", mmap_mode="r") for part in ("data", "indices", "indptr")]
-        shape = tuple(int(v) for v in np.load(folder / f"{name}-shape.npy"))
-        return cls(sparse.csr_matrix(tuple(arrays), shape=shape, copy=False))
+        data, indices, indptr = (_open(folder / f"{name}-{part}.npy") for part in ("data", "indices", "indptr"))
+        return cls(sparse.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, _CHARS.n_features), copy=False))
+
+    def scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """BM25 of a question's character n-grams (its count per n-gram hash) for the given rows."""
+        return (self.weights[rows] @ query).astype(np.float64) if len(rows) else np.zeros(0)
 
 
 @dataclass(frozen=True)
-class _CharViews:
-    passages: CharView
-    sentences: CharView
+class _Scratch:
+    """Zeroed arrays a query accumulates into, reused from query to query and zeroed again where
+    written: fresh arrays of corpus size would cost a page fault per 4 KB at every query."""
+
+    passages: np.ndarray  # float32 per passage: word-view BM25
+    best_sentence: np.ndarray  # float32 per passage: word-view BM25 of its best sentence
+    touched: np.ndarray  # bool per passage
+    sentences: np.ndarray  # float32 per sentence
+    ngrams: np.ndarray  # float32 per n-gram hash: the question's count
+
+    @classmethod
+    def create(cls, passages: int, sentences: int) -> _Scratch:
+        return cls(np.zeros(passages, np.float32), np.zeros(passages, np.float32), np.zeros(passages, bool),
+                   np.zeros(sentences, np.float32), np.zeros(_CHARS.n_features, np.float32))  # fmt: skip
+
+
+def _sentences(texts: Iterable[str], counts: np.ndarray | None = None) -> Iterator[str]:
+    """Each text's sentences in order (the whole text when it has none); counts[i] gets text i's number."""
+    for i, text in enumerate(texts):
+        spans = [s for p in paragraphs(text) for s in sentences(text, p)] or [Span(0, len(text))]
+        if counts is not None:
+            counts[i] = len(spans)
+        yield from (text[s.start : s.end] for s in spans)
 
 
 class LexicalIndex:
     """BM25 over passages and their sentences (stemmed words), re-scored with character n-grams.
 
-    The word view scores every passage (sparse, fast); the character view then scores the best
-    `CHAR_CANDIDATES` of them, which is where it changes the order."""
+    The word view finds every passage that shares a stem with the question; the character view
+    then scores the best `CHAR_CANDIDATES` of them, which is where it changes the order."""
 
-    def __init__(self, words: _View, chars: _CharViews, sentence_starts: np.ndarray, count: int) -> None:
-        self.words = words
-        self.chars = chars
-        self.sentence_starts = sentence_starts  # index of each passage's first sentence
-        self.count = count
+    META = "lexical.json"
+
+    def __init__(self, folder: Path) -> None:
+        """Opens a built index (arrays memory-mapped)."""
+        meta = json.loads((folder / self.META).read_text())
+        self.count = int(meta["count"])
+        self.vocabulary: dict[str, int] = meta["vocabulary"]
+        self.words = WordView.load(folder, "word", self.count)
+        self.word_sentences = WordView.load(folder, "word-sentences", int(meta["sentences"]))
+        self.chars = CharView.load(folder, "char")
+        self.char_sentences = CharView.load(folder, "char-sentences")
+        self.sentence_starts = np.load(folder / "sentence_starts.npy")  # each passage's first sentence
+        self.sentence_owner = np.load(folder / "sentence_owner.npy")  # each sentence's passage
+        self._free: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
 
     @classmethod
-    def build(cls, texts: list[str]) -> LexicalIndex:
-        sents: list[str] = []
-        starts = np.zeros(len(texts), dtype=np.int64)
-        for i, text in enumerate(texts):
-            starts[i] = len(sents)
-            spans = [s for p in paragraphs(text) for s in sentences(text, p)] or [Span(0, len(text))]
-            sents.extend(text[s.start : s.end] for s in spans)
-        words = _View(_bm25([word_tokens(t) for t in texts]), _bm25([word_tokens(s) for s in sents]))
-        return cls(words, _CharViews(CharView.build(texts), CharView.build(sents)), starts, len(texts))
-
-    def save(self, folder: Path) -> None:
+    def build(cls, texts: list[str], folder: Path) -> LexicalIndex:
+        """Builds the index of the texts into folder (created) and opens it."""
         folder.mkdir(parents=True, exist_ok=True)
-        self.words.passages.save(str(folder / "word-passages"), show_progress=False)
-        self.words.sentences.save(str(folder / "word-sentences"), show_progress=False)
-        self.chars.passages.save(folder, "char")
-        self.chars.sentences.save(folder, "char-sentences")
-        np.save(folder / "sentence_starts.npy", self.sentence_starts)
-        (folder / "lexical.json").write_text(json.dumps({"count": self.count}))
+        vectorizer = CountVectorizer(analyzer=word_tokens, dtype=np.float32)
+        try:
+            counts = vectorizer.fit_transform(texts)
+        except ValueError:  # no text has a searchable word (an empty vocabulary)
+            vectorizer = CountVectorizer(analyzer=word_tokens, dtype=np.float32, vocabulary=["\x00"])
+            counts = vectorizer.transform(texts)
+        WordView.from_counts(counts).save(folder, "word")
+        per_passage = np.zeros(len(texts), dtype=np.int64)
+        WordView.from_counts(vectorizer.transform(_sentences(texts, per_passage))).save(folder, "word-sentences")
+        CharView.build(texts, folder, "char")
+        CharView.build(_sentences(texts), folder, "char-sentences")
+        np.save(folder / "sentence_starts.npy", np.concatenate(([0], np.cumsum(per_passage)[:-1])).astype(np.int64))
+        np.save(folder / "sentence_owner.npy", np.repeat(np.arange(len(texts), dtype=np.int32), per_passage))
+        vocabulary = {term: int(column) for term, column in vectorizer.vocabulary_.items()}
+        meta = {"count": len(texts), "sentences": int(per_passage.sum()), "vocabulary": vocabulary}
+        (folder / cls.META).write_text(json.dumps(meta))
+        return cls(folder)
 
-    @classmethod
-    def load(cls, folder: Path) -> LexicalIndex:
-        meta = json.loads((folder / "lexical.json").read_text())
-        words = _View(_load(folder / "word-passages"), _load(folder / "word-sentences"))
-        chars = _CharViews(CharView.load(folder, "char"), CharView.load(folder, "char-sentences"))
-        return cls(words, chars, np.load(folder / "sentence_starts.npy"), int(meta["count"]))
+    def terms(self, question: str) -> np.ndarray:
+        """Column ids of the question's stems that the index knows (repeats kept: they weigh twice)."""
+        return np.array([self.vocabulary[t] for t in word_tokens(question) if t in self.vocabulary], dtype=np.int64)
 
     def search(self, question: str, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k best passage rows and their scores (only rows where mask is True, if given).
@@ -158,75 +293,89 @@ class LexicalIndex:
         A question of stopwords only has nothing to search for, even though its character
         n-grams would match almost every passage."""
         empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        tokens = word_tokens(question)
-        if not tokens or not self.count:
+        if not self.count or not word_tokens(question):
             return empty
-        best_sentence = np.maximum.reduceat(self.words.sentences.get_scores(tokens), self.sentence_starts)
-        word = self.words.passages.get_scores(tokens) + SENTENCE_WEIGHT * best_sentence
+        scratch = self._take_scratch()
+        try:
+            return self._search(question, k, mask, scratch)
+        finally:
+            self._free.put(scratch)
+
+    def _search(
+        self, question: str, k: int, mask: np.ndarray | None, scratch: _Scratch
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rows, word = self._word_scores(self.terms(question), scratch)
         if mask is not None:
-            word = np.where(mask, word, 0.0)
-        rows = _top(word, max(k, CHAR_CANDIDATES))
+            keep = mask[rows]
+            rows, word = rows[keep], word[keep]
+        candidates = max(k, CHAR_CANDIDATES)
+        if len(rows) > candidates:
+            best = np.argpartition(-word, candidates - 1)[:candidates]
+            rows, word = rows[best], word[best]
         if len(rows) < k and self.count <= CHAR_CANDIDATES * 10:
             # too few passages share a word with the question: in a small index, let the character
             # view find the nearest ones (partial words), so there is something to show
             allowed = np.flatnonzero(mask) if mask is not None else np.arange(self.count)
-            rows = np.union1d(rows, allowed[: CHAR_CANDIDATES * 10])
+            extra = np.setdiff1d(allowed[: CHAR_CANDIDATES * 10], rows)
+            rows, word = np.concatenate((rows, extra)), np.concatenate((word, np.zeros(len(extra))))
         if not len(rows):
-            return empty
-        char = self.chars.passages.scores(question, rows) + SENTENCE_WEIGHT * self._best_char_sentence(question, rows)
-        top_word = word[rows].max()
-        combined = (word[rows] / top_word if top_word > 0 else 0.0) + (char / char.max() if char.max() > 0 else 0.0)
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        ngrams = _CHARS.transform([question])
+        scratch.ngrams[ngrams.indices] = ngrams.data
+        try:
+            char = self.chars.scores(scratch.ngrams, rows) + SENTENCE_WEIGHT * self._best_char_sentence(scratch, rows)
+        finally:
+            scratch.ngrams[ngrams.indices] = 0.0
+        combined = _scaled(word) + _scaled(char)
         keep = combined > 0
         rows, combined = rows[keep], combined[keep]
         order = np.lexsort((rows, -combined))[:k]  # best first; ties by row for determinism
         return rows[order].astype(np.int64), combined[order].astype(np.float32)
 
-    def _best_char_sentence(self, question: str, rows: np.ndarray) -> np.ndarray:
+    def _take_scratch(self) -> _Scratch:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:  # as many sets as questions ever searched at once
+            return _Scratch.create(self.count, self.word_sentences.rows)
+
+    def _word_scores(self, terms: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray]:
+        """Rows sharing a stem with the question and their word-view score: BM25 + half the best sentence's."""
+        passages, best, touched, sentences = scratch.passages, scratch.best_sentence, scratch.touched, scratch.sentences
+        touched[self.words.accumulate(terms, passages)] = True
+        sentence_rows = self.word_sentences.accumulate(terms, sentences)
+        owners = self.sentence_owner[sentence_rows]
+        np.maximum.at(best, owners, sentences[sentence_rows])
+        touched[owners] = True
+        sentences[sentence_rows] = 0.0
+        rows = np.flatnonzero(touched)
+        scores = passages[rows] + SENTENCE_WEIGHT * best[rows].astype(np.float64)
+        passages[rows], best[rows], touched[rows] = 0.0, 0.0, False
+        return rows, scores
+
+    def _best_char_sentence(self, scratch: _Scratch, rows: np.ndarray) -> np.ndarray:
         """For each passage row: the character-view BM25 of its best sentence."""
-        ends = np.append(self.sentence_starts[1:], self.chars.sentences.weights.shape[0])
-        firsts, lasts = self.sentence_starts[rows], ends[rows]
-        sentence_rows = np.concatenate([np.arange(a, z) for a, z in zip(firsts, lasts)])
-        scores = self.chars.sentences.scores(question, sentence_rows)
+        starts = self.sentence_starts
+        ends = np.append(starts[1:], self.word_sentences.rows)
+        firsts, lasts = starts[rows], ends[rows]
+        scores = self.char_sentences.scores(scratch.ngrams, _ranges(firsts, lasts))
         return np.maximum.reduceat(scores, np.concatenate(([0], np.cumsum(lasts - firsts)[:-1])))
 
-    def coverage(self, question: str, texts: list[str]) -> list[float]:
-        """For each text: the share of the question's IDF mass (distinct word stems) it contains.
+    def coverage(self, question: str, rows: list[int]) -> list[float]:
+        """For each passage row: the share of the question's IDF mass (distinct word stems) it contains.
 
-        Terms unknown to the index weigh as much as the rarest known term, so a question about
+        Terms unknown to the index weigh as much as the rarest possible term, so a question about
         something the documents never mention scores near zero."""
-        terms = list(dict.fromkeys(word_tokens(question)))
-        if not terms:
-            return [0.0] * len(texts)
-        weights = np.array([self._idf(t) for t in terms])
-        result = []
-        for text in texts:
-            present = set(word_tokens(text))
-            result.append(float(weights[[t in present for t in terms]].sum() / weights.sum()))
-        return result
-
-    def _idf(self, term: str) -> float:
-        """BM25 (Lucene) IDF of a word stem; document frequency read off the CSC matrix."""
-        passages = self.words.passages
-        tid = passages.vocab_dict.get(term)
-        indptr = passages.scores["indptr"]
-        df = 0 if tid is None else int(indptr[tid + 1] - indptr[tid])
-        return float(np.log(1 + (self.count - df + 0.5) / (df + 0.5)))
-
-
-def _bm25(corpus: list[list[str]]) -> bm25s.BM25:
-    retriever = bm25s.BM25()
-    # bm25s cannot index an empty vocabulary; a placeholder token keeps empty corpora searchable
-    retriever.index([tokens or ["\x00"] for tokens in corpus] or [["\x00"]], show_progress=False)
-    return retriever
-
-
-def _load(folder: Path) -> bm25s.BM25:
-    return bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
-
-
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the k highest positive scores (unordered)."""
-    k = min(k, int(np.count_nonzero(scores > 0)))
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.argpartition(-scores, k - 1)[:k]
+        stems = list(dict.fromkeys(word_tokens(question)))
+        if not stems:
+            return [0.0] * len(rows)
+        at = np.asarray(rows, dtype=np.int64)
+        found = np.zeros(len(rows))
+        weights = 0.0
+        for stem in stems:
+            column = self.vocabulary.get(stem)
+            df = 0 if column is None else self.words.document_frequency(column)
+            weight = float(np.log(1 + (self.count - df + 0.5) / (df + 0.5)))
+            weights += weight
+            if column is not None:
+                found += weight * self.words.contains(column, at)
+        return (found / weights).tolist()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 
 RRF_K = 60  # the constant of Cormack et al. (2009); insensitive in practice
 RERANK_POOL = 20  # fused candidates the cross-encoder sees
+
+# The dense side of a question (embedding + FAISS, both outside the GIL) runs on this pool while
+# the lexical side runs on the caller's thread; shared by all retrievers of the process.
+_DENSE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="threatqa-dense")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
@@ -99,8 +104,9 @@ class Retriever:
         if mask is not None and not mask.any():
             return Retrieval(text, (), False, self.mode, (*notices, "none of the chosen documents is indexed"))
         pool = max(self.candidates, k * 4)
+        dense = _DENSE_POOL.submit(self._dense, text, pool, mask) if self.embedder is not None else None
         lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
-        dense_rows, dense_scores = self._dense(text, pool, mask)
+        dense_rows, dense_scores = dense.result() if dense is not None else self._dense(text, pool, mask)
         if not len(lex_rows) and not len(dense_rows):
             no_words = not word_tokens(text)
             notices.append("no searchable words in the question (only stopwords or symbols)" if no_words
@@ -166,7 +172,7 @@ class Retriever:
                     break
             if len(chosen) == k:
                 break
-        coverage = self.index.lexical.coverage(text, [c.text for _, _, c in chosen])
+        coverage = self.index.lexical.coverage(text, [row for row, _, _ in chosen])
         return [
             Hit(chunk, rank, float(score), float(cov), lexical.get(row), dense.get(row), rerank.get(row))
             for rank, ((row, score, chunk), cov) in enumerate(zip(chosen, coverage), start=1)

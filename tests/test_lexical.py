@@ -1,0 +1,120 @@
+"""The lexical index against a plain reimplementation of its definition (BM25, Lucene's variant)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from threatqa.chunking import paragraphs, sentences
+from threatqa.lexical import _CHARS, K1, SENTENCE_WEIGHT, B, LexicalIndex, word_tokens
+
+TEXTS = [
+    "Organised crime groups launder money through cash-intensive businesses. Couriers move cash abroad.",
+    "Fraud is the most common crime in the UK. Phishing emails and romance fraud target older people.",
+    "Cocaine purity remains high. Organized gangs import cocaine through ports; cocaine use rises.",
+    "County lines gangs exploit children to move drugs from cities to coastal towns.",
+    "",
+    "a b c",  # no searchable word
+    "Firearms are imported from Europe. Criminals convert blank-firing weapons into lethal firearms.",
+]
+QUESTIONS = [
+    "How do organised crime groups launder money?",
+    "cocaine cocaine purity",
+    "Which fraud targets older people?",
+    "firearms conversion in Europe",
+    "gangs",
+]
+
+
+def _bm25(corpus: list[list[str]], query: list[str]) -> list[float]:
+    """BM25 of query over each tokenised text, written out term by term."""
+    n, mean = len(corpus), sum(map(len, corpus)) / len(corpus)
+    df = Counter(t for tokens in corpus for t in set(tokens))
+    scores = []
+    for tokens in corpus:
+        tf, total = Counter(tokens), 0.0
+        for term in query:
+            if tf[term]:
+                idf = math.log(1 + (n - df[term] + 0.5) / (df[term] + 0.5))
+                total += idf * tf[term] / (tf[term] + K1 * (1 - B + B * len(tokens) / mean))
+        scores.append(total)
+    return scores
+
+
+def _sentence_texts(text: str) -> list[str]:
+    return [text[s.start : s.end] for p in paragraphs(text) for s in sentences(text, p)] or [text]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory) -> LexicalIndex:
+    return LexicalIndex.build(TEXTS, tmp_path_factory.mktemp("lexical") / "bm25")
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_word_view_equals_bm25_of_passage_plus_half_its_best_sentence(index: LexicalIndex, question: str) -> None:
+    query = [t for t in word_tokens(question) if t in index.vocabulary]
+    passages = _bm25([word_tokens(t) for t in TEXTS], query)
+    sents = [s for t in TEXTS for s in _sentence_texts(t)]
+    sentence_scores = iter(_bm25([word_tokens(s) for s in sents], query))
+    best = [max(next(sentence_scores) for _ in _sentence_texts(t)) for t in TEXTS]
+    expected = np.array(passages) + SENTENCE_WEIGHT * np.array(best)
+
+    scratch = index._take_scratch()
+    rows, scores = index._word_scores(index.terms(question), scratch)
+    got = np.zeros(len(TEXTS))
+    got[rows] = scores
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert set(rows) == set(np.flatnonzero(expected))
+    # the reused buffers are clean again for the next question
+    assert not scratch.passages.any() and not scratch.best_sentence.any() and not scratch.touched.any()
+    assert not scratch.sentences.any()
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_char_view_equals_bm25_of_character_ngrams(index: LexicalIndex, question: str) -> None:
+    counts = _CHARS.transform(TEXTS).toarray()
+    n, lengths = len(TEXTS), counts.sum(axis=1)
+    idf = np.log(1 + (n - (counts > 0).sum(axis=0) + 0.5) / ((counts > 0).sum(axis=0) + 0.5))
+    weights = idf * counts / (counts + K1 * (1 - B + B * lengths[:, None] / lengths.mean()))
+    query = _CHARS.transform([question]).toarray().ravel()
+    rows = np.arange(n)
+    np.testing.assert_allclose(index.chars.scores(query.astype(np.float32), rows), weights @ query, rtol=1e-4)
+
+
+def test_search_ranks_by_both_views_and_respects_the_mask(index: LexicalIndex) -> None:
+    rows, scores = index.search("How do organised crime groups launder money?", 3)
+    assert rows[0] == 0 and list(scores) == sorted(scores, reverse=True)
+    rows, _ = index.search("cocaine", 5)
+    assert rows[0] == 2
+    mask = np.ones(len(TEXTS), dtype=bool)
+    mask[2] = False
+    assert 2 not in index.search("cocaine", 5, mask)[0]
+    assert not len(index.search("the of and", 5)[0])  # stopwords only: nothing to search for
+
+
+def test_concurrent_searches_give_the_same_answers_as_one_at_a_time(index: LexicalIndex) -> None:
+    alone = [index.search(q, 5) for q in QUESTIONS * 4]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda q: index.search(q, 5), QUESTIONS * 4))
+    for (rows_a, scores_a), (rows_b, scores_b) in zip(alone, together):
+        assert rows_a.tolist() == rows_b.tolist()
+        np.testing.assert_array_equal(scores_a, scores_b)
+
+
+def test_coverage_is_the_share_of_idf_mass_present(index: LexicalIndex) -> None:
+    full, partial, none = index.coverage("cocaine purity", [2, 0, 3])
+    assert full == pytest.approx(1.0) and none == 0.0 and partial == 0.0
+    half = index.coverage("cocaine zebras", [2])[0]  # an unknown word weighs as the rarest possible term
+    assert 0.0 < half < 0.5
+
+
+def test_empty_corpus_and_corpus_without_words(tmp_path: Path) -> None:
+    empty = LexicalIndex.build([], tmp_path / "empty")
+    assert empty.count == 0 and not len(empty.search("anything", 5)[0])
+    wordless = LexicalIndex.build(["a b c", ""], tmp_path / "wordless")
+    assert not len(wordless.search("cocaine", 5)[0])
