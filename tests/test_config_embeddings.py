@@ -104,3 +104,30 @@ def test_hub_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch, tmp_p
     finally:
         silent.close()
     assert time.monotonic() - started < 5
+
+
+def test_questions_get_a_share_of_the_cores_and_builds_get_them_all(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path
+) -> None:
+    import faiss
+    import torch
+
+    from threatqa.engine import Engine
+    from threatqa.index import compute_threads
+
+    with compute_threads(faiss.omp_get_max_threads()):  # the process is left as it was found
+        monkeypatch.setattr("os.cpu_count", lambda: 8)
+        assert Settings.load(workers=2).question_threads() == 4
+        assert Settings.load(workers=16).question_threads() == 1
+        assert Settings.load(workers=2, threads=3).question_threads() == 3
+
+        docs = tmp_path / "docs"
+        docs.mkdir()
+        (docs / "a.txt").write_text("Organised crime groups launder money through cash businesses.\n", encoding="utf-8")
+        settings = Settings.load(docs=docs, index=tmp_path / "index", audit=tmp_path / "a.sqlite3",
+                                 model=str(tiny_model), workers=4)  # fmt: skip
+        Engine.start(settings, build="missing", log=lambda m: None)
+        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2  # 8 cores / 4 workers
+        with compute_threads(8):
+            assert faiss.omp_get_max_threads() == 8 and torch.get_num_threads() == 8
+        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2

@@ -6,6 +6,7 @@ and a test fails when the two drift apart.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -113,11 +114,21 @@ class Settings(BaseSettings):
         32, description="Questions that may wait for a worker; beyond this the server answers 'busy'.", ge=1
     )
     workers: int = Field(2, description="Questions answered at the same time.", ge=1, le=64)
+    threads: int = Field(
+        0,
+        description="CPU threads one question may use (PyTorch, ONNX Runtime, FAISS); 0: the cores divided by "
+        "workers, at least 1, so questions answered at the same time share the cores instead of competing.",
+        ge=0,
+        le=256,
+    )
     ui_sessions: int = Field(
         500,
         description="Browser sessions whose chat state the server keeps (oldest dropped first); bounds memory.",
         ge=10,
     )
+
+    def question_threads(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
 
     def allowed_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

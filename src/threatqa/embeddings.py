@@ -124,7 +124,7 @@ class Embedder:
 BACKENDS = ("torch", "onnx")
 
 
-def load_embedder(name: str, timeout: float = 3.0, backend: str = "torch") -> Embedder:
+def load_embedder(name: str, timeout: float = 3.0, backend: str = "torch", query_threads: int = 1) -> Embedder:
     """Load the embedding model, or raise ModelUnavailable quickly with the reason.
 
     backend "onnx" runs the same model on ONNX Runtime with int8 weights (exported once and cached,
@@ -135,7 +135,7 @@ def load_embedder(name: str, timeout: float = 3.0, backend: str = "torch") -> Em
     if backend == "onnx":
         from threatqa.onnx_backend import load_onnx_embedder
 
-        return load_onnx_embedder(name, source.location, source.local)  # type: ignore[return-value]
+        return load_onnx_embedder(name, source.location, source.local, query_threads)  # type: ignore[return-value]
     return Embedder(_load(source, cross_encoder=False), name)
 
 

@@ -24,6 +24,7 @@ from threatqa.index import (
     current_version,
     is_stale,
     open_index,
+    set_compute_threads,
 )
 from threatqa.retrieval import Retriever
 
@@ -102,6 +103,7 @@ class Engine:
             except ModelUnavailable as exc:
                 note(f"re-ranking skipped: {exc}")
         retriever = _retriever(settings, index, embedder, reranker)
+        set_compute_threads(settings.question_threads())
         return cls(settings, retriever, notices, embedder)
 
     @property
@@ -190,7 +192,7 @@ def try_embedder(settings: Settings, note: Callable[[str], None]) -> Embedder | 
         note("no embedding model configured: lexical (BM25) mode")
         return None
     try:
-        return load_embedder(settings.model, settings.hub_timeout, settings.backend)
+        return load_embedder(settings.model, settings.hub_timeout, settings.backend, settings.question_threads())
     except ModelUnavailable as exc:
         note(f"{exc}; running in lexical (BM25) mode. {HOW_TO_PROVIDE[0].upper()}{HOW_TO_PROVIDE[1:]}.")
         return None

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -307,6 +308,34 @@ def check_model(manifest: Manifest, model: str, dimension: int | None = None) ->
 # --------------------------------------------------------------------------------------- build
 
 
+def set_compute_threads(threads: int) -> None:
+    """CPU threads FAISS (OpenMP) and PyTorch, when loaded, may use per call; both settings are process-wide.
+
+    A server answers `workers` questions at once: with one thread each on a 2-core machine, two
+    questions run side by side instead of four threads competing for two cores."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    if (torch := sys.modules.get("torch")) is not None:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def compute_threads(threads: int) -> Iterator[None]:
+    """The block runs with `threads` compute threads (an index build uses every core); restored after."""
+    import faiss
+
+    torch = sys.modules.get("torch")
+    before = faiss.omp_get_max_threads(), torch.get_num_threads() if torch is not None else None
+    set_compute_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before[0])
+        if torch is not None and before[1] is not None:
+            torch.set_num_threads(before[1])
+
+
 def build_index(
     docs_dir: Path,
     index_dir: Path,
@@ -326,7 +355,7 @@ def build_index(
 
     documents = load_documents(docs_dir, max_file_mb, warn=note)
     index_dir.mkdir(parents=True, exist_ok=True)
-    with _build_lock(index_dir):
+    with _build_lock(index_dir), compute_threads(os.cpu_count() or 1):
         previous = _previous(index_dir, note)
         fingerprint = input_fingerprint(docs_dir, chunking)
         model = embedder.name if embedder else None

@@ -55,11 +55,12 @@ class OnnxSpec:
 class OnnxEmbedder:
     """Embedder-compatible (encode_documents / encode_query / dimension / name) on ONNX Runtime.
 
-    Queries run on a one-thread session: on a 2-core machine two concurrent questions then use
-    one core each instead of fighting over both. Documents (index builds) get a session with
-    every core, created on first use so a server that only answers never pays for it."""
+    Queries run on a session of `query_threads` (one by default): on a 2-core machine two
+    concurrent questions then use one core each instead of fighting over both. Documents (index
+    builds) get a session with every core, created on first use so a server that only answers
+    never pays for it."""
 
-    def __init__(self, folder: Path, name: str, quantize: bool = True) -> None:
+    def __init__(self, folder: Path, name: str, quantize: bool = True, query_threads: int = 1) -> None:
         self.folder = folder
         self.name = name
         self.quantized = quantize
@@ -68,7 +69,7 @@ class OnnxEmbedder:
         self.dimension = self.spec.dimension
         self._path = folder / ("model-int8.onnx" if quantize else "model.onnx")
         self._tokenizer = _tokenizer(folder / "tokenizer.json", self.spec.max_length)
-        self._query_session = _session(self._path, threads=1)
+        self._query_session = _session(self._path, threads=query_threads)
         self._document_session: Any = None
         self._lock = threading.Lock()
 
@@ -105,7 +106,9 @@ class OnnxEmbedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def load_onnx_embedder(name: str, location: str, local: bool, quantize: bool = True) -> OnnxEmbedder:
+def load_onnx_embedder(
+    name: str, location: str, local: bool, query_threads: int = 1, quantize: bool = True
+) -> OnnxEmbedder:
     """The ONNX embedder for a resolved model, exporting (and quantising) it on first use."""
     try:
         import onnxruntime  # noqa: F401
@@ -116,7 +119,7 @@ def load_onnx_embedder(name: str, location: str, local: bool, quantize: bool = T
     fingerprint = _fingerprint(source) if local else name
     if not _cached(folder, fingerprint):
         export(name, location, local, folder, fingerprint)
-    return OnnxEmbedder(folder, name, quantize)
+    return OnnxEmbedder(folder, name, quantize, query_threads)
 
 
 def cache_folder(name: str, source: Path | None) -> Path:
