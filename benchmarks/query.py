@@ -89,12 +89,17 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
     return result
 
 
-def run(sizes: list[int], real_vectors: int, queries: int) -> None:
+def run(sizes: list[int], real_vectors: int, queries: int, keep: Path | None) -> None:
     rows, speed = [], []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            built = build(n, Path(tmp), real_vectors)
-            out = subprocess.run([sys.executable, __file__, "--serve", tmp, "--model", str(built["model"]),
+            folder = keep / str(n) if keep else Path(tmp)
+            if keep and (folder / "built.json").exists():  # measured before; only the serving side runs again
+                built = json.loads((folder / "built.json").read_text())
+            else:
+                built = build(n, folder, real_vectors)
+                (folder / "built.json").write_text(json.dumps(built))
+            out = subprocess.run([sys.executable, __file__, "--serve", str(folder), "--model", str(built["model"]),
                                   "--queries", str(queries)], capture_output=True, text=True, check=False)  # fmt: skip
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
@@ -126,13 +131,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--real-vectors", type=int, default=2000, help="largest corpus embedded with the real model")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--keep", type=Path, help="build each size under this folder and keep it (reused next run)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         print(json.dumps(serve(args.serve, args.model, args.queries)))
     else:
-        run(args.sizes, args.real_vectors, args.queries)
+        run(args.sizes, args.real_vectors, args.queries, args.keep)
 
 
 if __name__ == "__main__":

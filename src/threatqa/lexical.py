@@ -20,6 +20,7 @@ serving holds a large corpus in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -27,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import Stemmer
@@ -100,6 +102,18 @@ def _open(path: Path) -> np.ndarray:
     return np.asarray(np.load(path, mmap_mode="r"))
 
 
+@contextlib.contextmanager
+def _npy_writer(path: Path, dtype: type, length: int) -> Iterator[BinaryIO]:
+    """A .npy file of a 1-D array, opened for writing its `length` values in order."""
+    with path.open("wb") as out:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (length,)}
+        np.lib.format.write_array_header_1_0(out, header)
+        start = out.tell()
+        yield out
+        if out.tell() - start != length * np.dtype(dtype).itemsize:
+            raise OSError(f"{path.name}: wrote {out.tell() - start} bytes for {length} values")
+
+
 def _batches(texts: Iterable[str], size: int = BATCH) -> Iterator[list[str]]:
     iterator = iter(texts)
     while batch := list(islice(iterator, size)):
@@ -161,7 +175,9 @@ class CharView:
     Only the rows of a question's candidates are ever read, so the cost of a query does not grow
     with the corpus, and the arrays stay memory-mapped on disk."""
 
-    weights: sparse.csr_matrix
+    data: np.ndarray  # float32 weight per entry
+    indices: np.ndarray  # int32 n-gram hash per entry
+    indptr: np.ndarray  # int64, rows + 1
 
     @classmethod
     def build(cls, texts: Iterable[str], folder: Path, name: str) -> CharView:
@@ -182,23 +198,21 @@ class CharView:
         length = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.float32)
         indptr = np.concatenate(([0], np.cumsum(sizes_all))).astype(np.int64)
         idf, mean_length, total = _idf(df, len(length)), _mean(length), int(indptr[-1])
-        counts_in = (
-            np.memmap(raw["data"], dtype=np.float32, mode="r", shape=(total,)) if total else np.zeros(0, np.float32)
-        )
-        ngrams_in = (
-            np.memmap(raw["indices"], dtype=np.int32, mode="r", shape=(total,)) if total else np.zeros(0, np.int32)
-        )
-        data = np.lib.format.open_memmap(folder / f"{name}-data.npy", "w+", np.float32, (total,))
-        indices = np.lib.format.open_memmap(folder / f"{name}-indices.npy", "w+", np.int32, (total,))
-        for first in range(0, len(length), BATCH * 5):
-            rows = slice(first, min(first + BATCH * 5, len(length)))
-            a, z = int(indptr[rows.start]), int(indptr[rows.stop])
-            ngrams = ngrams_in[a:z]
-            per_entry = np.repeat(length[rows], sizes_all[rows])
-            data[a:z] = idf[ngrams] * _saturate(counts_in[a:z], per_entry, mean_length)
-            indices[a:z] = ngrams
-        data.flush(), indices.flush()
-        del data, indices, counts_in, ngrams_in
+        # plain sequential reads and writes: memory-mapping files this size would make every page
+        # of them count as the process's resident memory
+        with (
+            raw["data"].open("rb") as counts_in, raw["indices"].open("rb") as ngrams_in,
+            _npy_writer(folder / f"{name}-data.npy", np.float32, total) as data_out,
+            _npy_writer(folder / f"{name}-indices.npy", np.int32, total) as indices_out,
+        ):  # fmt: skip
+            for first in range(0, len(length), BATCH * 5):
+                rows = slice(first, min(first + BATCH * 5, len(length)))
+                count = int(indptr[rows.stop] - indptr[rows.start])
+                ngrams = np.fromfile(ngrams_in, dtype=np.int32, count=count)
+                tf = np.fromfile(counts_in, dtype=np.float32, count=count)
+                per_entry = np.repeat(length[rows], sizes_all[rows])
+                (idf[ngrams] * _saturate(tf, per_entry, mean_length)).astype(np.float32).tofile(data_out)
+                ngrams.tofile(indices_out)
         for path in raw.values():
             path.unlink()
         np.save(folder / f"{name}-indptr.npy", indptr)
@@ -206,12 +220,14 @@ class CharView:
 
     @classmethod
     def load(cls, folder: Path, name: str) -> CharView:
-        data, indices, indptr = (_open(folder / f"{name}-{part}.npy") for part in ("data", "indices", "indptr"))
-        return cls(sparse.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, _CHARS.n_features), copy=False))
+        return cls(*(_open(folder / f"{name}-{part}.npy") for part in ("data", "indices", "indptr")))
 
     def scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """BM25 of a question's character n-grams (its count per n-gram hash) for the given rows."""
-        return (self.weights[rows] @ query).astype(np.float64) if len(rows) else np.zeros(0)
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        entries = _ranges(starts, ends)
+        weights = self.data[entries] * query[self.indices[entries]]
+        return np.bincount(np.repeat(np.arange(len(rows)), ends - starts), weights=weights, minlength=len(rows))
 
 
 @dataclass(frozen=True)
