@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import re
 from collections.abc import Iterable, Iterator
@@ -43,6 +44,7 @@ CHAR_NGRAMS = (3, 5)  # n-gram sizes, inclusive
 CHAR_CANDIDATES = 200  # passages (best by the word view) that the character view re-scores
 K1, B = 1.5, 0.75  # BM25 parameters (the usual defaults)
 BATCH = 10_000  # texts vectorised at a time when building
+ENTRY = np.dtype([("ngram", "<i4"), ("weight", "<f4")])  # one character n-gram of one text
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 _STOPWORDS = frozenset(STOPWORDS_EN) | frozenset(ENGLISH_STOP_WORDS)
 _STEMMER = Stemmer.Stemmer("english")
@@ -170,14 +172,16 @@ class WordView:
 
 @dataclass(frozen=True)
 class CharView:
-    """BM25 weights of character n-grams, stored by text (CSR: rows are texts, columns hashes).
+    """BM25 weights of character n-grams, stored by text (rows are texts, each a run of entries).
 
     Only the rows of a question's candidates are ever read, so the cost of a query does not grow
-    with the corpus, and the arrays stay memory-mapped on disk."""
+    with the corpus. They are read with `os.pread` rather than memory-mapped: this view is the
+    largest part of the index (about 15 KB a passage), and mapped pages of it would count as
+    the server's resident memory, growing with every candidate ever read."""
 
-    data: np.ndarray  # float32 weight per entry
-    indices: np.ndarray  # int32 n-gram hash per entry
-    indptr: np.ndarray  # int64, rows + 1
+    file: BinaryIO  # the .npy of entries (ENTRY records), unbuffered
+    offset: int  # where the records start in the file
+    indptr: np.ndarray  # int64, rows + 1: row i's entries are [indptr[i], indptr[i + 1])
 
     @classmethod
     def build(cls, texts: Iterable[str], folder: Path, name: str) -> CharView:
@@ -202,17 +206,17 @@ class CharView:
         # of them count as the process's resident memory
         with (
             raw["data"].open("rb") as counts_in, raw["indices"].open("rb") as ngrams_in,
-            _npy_writer(folder / f"{name}-data.npy", np.float32, total) as data_out,
-            _npy_writer(folder / f"{name}-indices.npy", np.int32, total) as indices_out,
+            _npy_writer(folder / f"{name}-entries.npy", ENTRY, total) as out,
         ):  # fmt: skip
             for first in range(0, len(length), BATCH * 5):
                 rows = slice(first, min(first + BATCH * 5, len(length)))
                 count = int(indptr[rows.stop] - indptr[rows.start])
-                ngrams = np.fromfile(ngrams_in, dtype=np.int32, count=count)
+                entries = np.empty(count, dtype=ENTRY)
+                entries["ngram"] = np.fromfile(ngrams_in, dtype=np.int32, count=count)
                 tf = np.fromfile(counts_in, dtype=np.float32, count=count)
                 per_entry = np.repeat(length[rows], sizes_all[rows])
-                (idf[ngrams] * _saturate(tf, per_entry, mean_length)).astype(np.float32).tofile(data_out)
-                ngrams.tofile(indices_out)
+                entries["weight"] = idf[entries["ngram"]] * _saturate(tf, per_entry, mean_length)
+                entries.tofile(out)
         for path in raw.values():
             path.unlink()
         np.save(folder / f"{name}-indptr.npy", indptr)
@@ -220,13 +224,30 @@ class CharView:
 
     @classmethod
     def load(cls, folder: Path, name: str) -> CharView:
-        return cls(*(_open(folder / f"{name}-{part}.npy") for part in ("data", "indices", "indptr")))
+        file = (folder / f"{name}-entries.npy").open("rb", buffering=0)
+        np.lib.format.read_magic(file)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+        indptr = np.load(folder / f"{name}-indptr.npy")
+        if dtype != ENTRY or shape != (int(indptr[-1]),):
+            file.close()
+            raise ValueError(f"{file.name} holds {shape} of {dtype}, expected {int(indptr[-1])} entries")
+        return cls(file, file.tell(), indptr)
 
     def scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """BM25 of a question's character n-grams (its count per n-gram hash) for the given rows."""
+        """BM25 of a question's character n-grams (its count per n-gram hash) for the given rows.
+
+        Consecutive rows (a passage's sentences) are read in one go."""
+        if not len(rows):
+            return np.zeros(0)
         starts, ends = self.indptr[rows], self.indptr[rows + 1]
-        entries = _ranges(starts, ends)
-        weights = self.data[entries] * query[self.indices[entries]]
+        cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1  # where the next row is not adjacent on disk
+        first, last = starts[np.r_[0, cut]].tolist(), ends[np.r_[cut - 1, len(rows) - 1]].tolist()
+        size, fd = ENTRY.itemsize, self.file.fileno()
+        data = b"".join([os.pread(fd, (z - a) * size, self.offset + a * size) for a, z in zip(first, last)])
+        entries = np.frombuffer(data, dtype=ENTRY)
+        if len(entries) != int((ends - starts).sum()):
+            raise OSError(f"{self.file.name}: short read")
+        weights = entries["weight"] * query[entries["ngram"]]
         return np.bincount(np.repeat(np.arange(len(rows)), ends - starts), weights=weights, minlength=len(rows))
 
 
@@ -312,10 +333,9 @@ class LexicalIndex:
         if not self.count or not word_tokens(question):
             return empty
         scratch = self._take_scratch()
-        try:
-            return self._search(question, k, mask, scratch)
-        finally:
-            self._free.put(scratch)
+        result = self._search(question, k, mask, scratch)
+        self._free.put(scratch)  # only after a completed search, which leaves it zeroed again
+        return result
 
     def _search(
         self, question: str, k: int, mask: np.ndarray | None, scratch: _Scratch
