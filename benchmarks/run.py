@@ -11,10 +11,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 STEPS = [
-    ["embed.py", "--passages", "256"],
+    ["embed.py", "--passages", "1000"],
     ["ann.py", "--sizes", "10000", "100000"],
     ["lexical.py", "--sizes", "10000", "30000"],
     ["query.py", "--sizes", "1000", "100000"],
+    ["threads.py", "--seconds", "15"],
     ["coldstart.py"],
 ]
 

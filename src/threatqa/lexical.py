@@ -248,7 +248,10 @@ class CharView:
         if len(entries) != int((ends - starts).sum()):
             raise OSError(f"{self.file.name}: short read")
         weights = entries["weight"] * query[entries["ngram"]]
-        return np.bincount(np.repeat(np.arange(len(rows)), ends - starts), weights=weights, minlength=len(rows))
+        sizes = ends - starts
+        result, filled = np.zeros(len(rows)), sizes > 0
+        result[filled] = np.add.reduceat(weights, (np.cumsum(sizes) - sizes)[filled])
+        return result
 
 
 @dataclass(frozen=True)
