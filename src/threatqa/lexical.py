@@ -142,10 +142,12 @@ class WordView:
         weights.sort_indices()
         return cls(weights.data, weights.indices.astype(np.int32), weights.indptr.astype(np.int64), counts.shape[0])
 
-    def accumulate(self, terms: np.ndarray, into: np.ndarray) -> np.ndarray:
-        """Adds each term's BM25 to its rows in `into` (a term given twice counts twice); returns the
-        rows written (with repeats). Reads only the terms' posting lists."""
-        postings = _ranges(self.indptr[terms], self.indptr[terms + 1])
+    def postings(self, terms: np.ndarray) -> np.ndarray:
+        """Positions of the terms' postings (a term given twice, twice)."""
+        return _ranges(self.indptr[terms], self.indptr[terms + 1])
+
+    def accumulate(self, postings: np.ndarray, into: np.ndarray) -> np.ndarray:
+        """Adds the postings' BM25 weights to their rows in `into`; returns those rows (with repeats)."""
         rows = self.indices[postings]
         np.add.at(into, rows, self.data[postings])
         return rows
@@ -298,7 +300,8 @@ class LexicalIndex:
         self.chars = CharView.load(folder, "char")
         self.char_sentences = CharView.load(folder, "char-sentences")
         self.sentence_starts = np.load(folder / "sentence_starts.npy")  # each passage's first sentence
-        self.sentence_owner = np.load(folder / "sentence_owner.npy")  # each sentence's passage
+        # the passage of each sentence posting, read in order at query time (4 bytes a posting, in memory)
+        self.posting_owner = np.load(folder / "sentence_owner.npy")[self.word_sentences.indices]
         self._free: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
 
     @classmethod
@@ -380,9 +383,10 @@ class LexicalIndex:
     def _word_scores(self, terms: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray]:
         """Rows sharing a stem with the question and their word-view score: BM25 + half the best sentence's."""
         passages, best, touched, sentences = scratch.passages, scratch.best_sentence, scratch.touched, scratch.sentences
-        touched[self.words.accumulate(terms, passages)] = True
-        sentence_rows = self.word_sentences.accumulate(terms, sentences)
-        owners = self.sentence_owner[sentence_rows]
+        touched[self.words.accumulate(self.words.postings(terms), passages)] = True
+        postings = self.word_sentences.postings(terms)
+        sentence_rows = self.word_sentences.accumulate(postings, sentences)
+        owners = self.posting_owner[postings]
         np.maximum.at(best, owners, sentences[sentence_rows])
         touched[owners] = True
         sentences[sentence_rows] = 0.0
