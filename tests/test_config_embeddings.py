@@ -106,7 +106,7 @@ def test_hub_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert time.monotonic() - started < 5
 
 
-def test_questions_get_a_share_of_the_cores_and_builds_get_them_all(
+def test_compute_threads_per_question_and_for_builds(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path
 ) -> None:
     import faiss
@@ -119,7 +119,8 @@ def test_questions_get_a_share_of_the_cores_and_builds_get_them_all(
         monkeypatch.setattr("os.cpu_count", lambda: 8)
         assert Settings.load(workers=2).question_threads() == 4
         assert Settings.load(workers=16).question_threads() == 1
-        assert Settings.load(workers=2, threads=3).question_threads() == 3
+        assert Settings.load(workers=2).torch_threads() == 8
+        assert Settings.load(workers=2, threads=3).question_threads() == 3 == Settings.load(threads=3).torch_threads()
 
         docs = tmp_path / "docs"
         docs.mkdir()
@@ -127,7 +128,7 @@ def test_questions_get_a_share_of_the_cores_and_builds_get_them_all(
         settings = Settings.load(docs=docs, index=tmp_path / "index", audit=tmp_path / "a.sqlite3",
                                  model=str(tiny_model), workers=4)  # fmt: skip
         Engine.start(settings, build="missing", log=lambda m: None)
-        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2  # 8 cores / 4 workers
-        with compute_threads(8):
-            assert faiss.omp_get_max_threads() == 8 and torch.get_num_threads() == 8
-        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
+        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 8  # FAISS: 8 cores / 4 workers
+        with compute_threads(6):
+            assert faiss.omp_get_max_threads() == 6 and torch.get_num_threads() == 6
+        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 8

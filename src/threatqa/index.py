@@ -309,16 +309,17 @@ def check_model(manifest: Manifest, model: str, dimension: int | None = None) ->
 # --------------------------------------------------------------------------------------- build
 
 
-def set_compute_threads(threads: int) -> None:
+def set_compute_threads(threads: int, torch_threads: int | None = None) -> None:
     """CPU threads FAISS (OpenMP) and PyTorch, when loaded, may use per call; both settings are process-wide.
 
-    A server answers `workers` questions at once: with one thread each on a 2-core machine, two
-    questions run side by side instead of four threads competing for two cores."""
+    A server answers `workers` questions at once: FAISS (and ONNX Runtime, whose query session is
+    made with its own count) do best with one thread each on a 2-core machine, PyTorch with every
+    core (benchmarks/threads.py)."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
     if (torch := sys.modules.get("torch")) is not None:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(torch_threads or threads)
 
 
 @contextlib.contextmanager
