@@ -27,7 +27,6 @@ import queue
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,12 +115,6 @@ def _npy_writer(path: Path, dtype: type, length: int) -> Iterator[BinaryIO]:
             raise OSError(f"{path.name}: wrote {out.tell() - start} bytes for {length} values")
 
 
-def _batches(texts: Iterable[str], size: int = BATCH) -> Iterator[list[str]]:
-    iterator = iter(texts)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
 @dataclass(frozen=True)
 class WordView:
     """BM25 weights of word stems, stored by stem (CSC: rows are texts, columns stems)."""
@@ -172,6 +165,62 @@ class WordView:
         return cls(*(_open(folder / f"{name}-{part}.npy") for part in ("data", "indices", "indptr")), rows=rows)
 
 
+class _CharCounts:
+    """A character view being built: counts a batch at a time to a raw file (with document
+    frequencies and lengths kept), then BM25 weights in a second sequential pass."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.folder, self.name = folder, name
+        self.df = np.zeros(_CHARS.n_features, dtype=np.int64)
+        self.sizes: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.raw = {part: folder / f".{name}-{part}.raw" for part in ("data", "indices")}
+        self.outs = {part: path.open("wb") for part, path in self.raw.items()}
+
+    def add(self, counts: sparse.csr_matrix) -> None:
+        counts.sort_indices()
+        counts.data.astype(np.float32).tofile(self.outs["data"])
+        counts.indices.astype(np.int32).tofile(self.outs["indices"])
+        self.sizes.append(np.diff(counts.indptr))
+        self.lengths.append(np.asarray(counts.sum(axis=1), dtype=np.float32).ravel())
+        self.df += np.bincount(counts.indices, minlength=_CHARS.n_features)
+
+    def finish(self) -> None:
+        for out in self.outs.values():
+            out.close()
+        sizes = np.concatenate(self.sizes) if self.sizes else np.zeros(0, dtype=np.int64)
+        length = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.float32)
+        indptr = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        idf, mean_length, total = _idf(self.df, len(length)), _mean(length), int(indptr[-1])
+        # plain sequential reads and writes: memory-mapping files this size would make every page
+        # of them count as the process's resident memory
+        with (
+            self.raw["data"].open("rb") as counts_in, self.raw["indices"].open("rb") as ngrams_in,
+            _npy_writer(self.folder / f"{self.name}-entries.npy", ENTRY, total) as out,
+        ):  # fmt: skip
+            for first in range(0, len(length), BATCH * 5):
+                rows = slice(first, min(first + BATCH * 5, len(length)))
+                count = int(indptr[rows.stop] - indptr[rows.start])
+                entries = np.empty(count, dtype=ENTRY)
+                entries["ngram"] = np.fromfile(ngrams_in, dtype=np.int32, count=count)
+                tf = np.fromfile(counts_in, dtype=np.float32, count=count)
+                per_entry = np.repeat(length[rows], sizes[rows])
+                entries["weight"] = idf[entries["ngram"]] * _saturate(tf, per_entry, mean_length)
+                entries.tofile(out)
+        for path in self.raw.values():
+            path.unlink()
+        np.save(self.folder / f"{self.name}-indptr.npy", indptr)
+
+
+def _sum_by_passage(counts: sparse.csr_matrix, per_passage: np.ndarray) -> sparse.csr_matrix:
+    """Passage rows from sentence rows: a passage's words are exactly its sentences' words (sentences
+    split at whitespace and cover the passage), so its counts are their sums."""
+    owner = np.repeat(np.arange(len(per_passage)), per_passage)
+    summing = sparse.csr_matrix((np.ones(len(owner), np.float32), (owner, np.arange(len(owner)))),
+                                shape=(len(per_passage), counts.shape[0]))  # fmt: skip
+    return (summing @ counts).tocsr()
+
+
 @dataclass(frozen=True)
 class CharView:
     """BM25 weights of character n-grams, stored by text (rows are texts, each a run of entries).
@@ -184,45 +233,6 @@ class CharView:
     file: BinaryIO  # the .npy of entries (ENTRY records), unbuffered
     offset: int  # where the records start in the file
     indptr: np.ndarray  # int64, rows + 1: row i's entries are [indptr[i], indptr[i + 1])
-
-    @classmethod
-    def build(cls, texts: Iterable[str], folder: Path, name: str) -> CharView:
-        """Two passes over the corpus on disk: counts and document frequencies, then BM25 weights."""
-        df = np.zeros(_CHARS.n_features, dtype=np.int64)
-        sizes, lengths = [], []
-        raw = {part: folder / f".{name}-{part}.raw" for part in ("data", "indices")}
-        with raw["data"].open("wb") as data_out, raw["indices"].open("wb") as indices_out:
-            for batch in _batches(texts):
-                counts = _CHARS.transform(batch)
-                counts.sort_indices()
-                counts.data.astype(np.float32).tofile(data_out)
-                counts.indices.astype(np.int32).tofile(indices_out)
-                sizes.append(np.diff(counts.indptr))
-                lengths.append(np.asarray(counts.sum(axis=1), dtype=np.float32).ravel())
-                df += np.bincount(counts.indices, minlength=_CHARS.n_features)
-        sizes_all = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
-        length = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.float32)
-        indptr = np.concatenate(([0], np.cumsum(sizes_all))).astype(np.int64)
-        idf, mean_length, total = _idf(df, len(length)), _mean(length), int(indptr[-1])
-        # plain sequential reads and writes: memory-mapping files this size would make every page
-        # of them count as the process's resident memory
-        with (
-            raw["data"].open("rb") as counts_in, raw["indices"].open("rb") as ngrams_in,
-            _npy_writer(folder / f"{name}-entries.npy", ENTRY, total) as out,
-        ):  # fmt: skip
-            for first in range(0, len(length), BATCH * 5):
-                rows = slice(first, min(first + BATCH * 5, len(length)))
-                count = int(indptr[rows.stop] - indptr[rows.start])
-                entries = np.empty(count, dtype=ENTRY)
-                entries["ngram"] = np.fromfile(ngrams_in, dtype=np.int32, count=count)
-                tf = np.fromfile(counts_in, dtype=np.float32, count=count)
-                per_entry = np.repeat(length[rows], sizes_all[rows])
-                entries["weight"] = idf[entries["ngram"]] * _saturate(tf, per_entry, mean_length)
-                entries.tofile(out)
-        for path in raw.values():
-            path.unlink()
-        np.save(folder / f"{name}-indptr.npy", indptr)
-        return cls.load(folder, name)
 
     @classmethod
     def load(cls, folder: Path, name: str) -> CharView:
@@ -308,17 +318,24 @@ class LexicalIndex:
     def build(cls, texts: list[str], folder: Path) -> LexicalIndex:
         """Builds the index of the texts into folder (created) and opens it."""
         folder.mkdir(parents=True, exist_ok=True)
+        per_passage = np.zeros(len(texts), dtype=np.int64)
         vectorizer = CountVectorizer(analyzer=word_tokens, dtype=np.float32)
         try:
-            counts = vectorizer.fit_transform(texts)
+            sentence_counts = vectorizer.fit_transform(_sentences(texts, per_passage))
         except ValueError:  # no text has a searchable word (an empty vocabulary)
             vectorizer = CountVectorizer(analyzer=word_tokens, dtype=np.float32, vocabulary=["\x00"])
-            counts = vectorizer.transform(texts)
-        WordView.from_counts(counts).save(folder, "word")
-        per_passage = np.zeros(len(texts), dtype=np.int64)
-        WordView.from_counts(vectorizer.transform(_sentences(texts, per_passage))).save(folder, "word-sentences")
-        CharView.build(texts, folder, "char")
-        CharView.build(_sentences(texts), folder, "char-sentences")
+            sentence_counts = vectorizer.transform(_sentences(texts, per_passage))
+        WordView.from_counts(_sum_by_passage(sentence_counts, per_passage)).save(folder, "word")
+        WordView.from_counts(sentence_counts).save(folder, "word-sentences")
+        del sentence_counts
+        chars, char_sentences = _CharCounts(folder, "char"), _CharCounts(folder, "char-sentences")
+        for first in range(0, len(texts), BATCH):
+            batch = per_passage[first : first + BATCH]
+            counts = _CHARS.transform(_sentences(texts[first : first + BATCH]))
+            char_sentences.add(counts)
+            chars.add(_sum_by_passage(counts, batch))
+        chars.finish()
+        char_sentences.finish()
         np.save(folder / "sentence_starts.npy", np.concatenate(([0], np.cumsum(per_passage)[:-1])).astype(np.int64))
         np.save(folder / "sentence_owner.npy", np.repeat(np.arange(len(texts), dtype=np.int32), per_passage))
         vocabulary = {term: int(column) for term, column in vectorizer.vocabulary_.items()}
