@@ -32,7 +32,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -370,11 +369,8 @@ def build_index(
         staging = index_dir / f".tmp-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="threatqa-build") as pool:
-                # the passage store and the lexical index need no vectors: written while the model embeds
-                text_side = pool.submit(_write_text_side, staging, documents, chunks)
-                vectors, embedded, reused = _vectors(chunks, documents, reusable, embedder, progress)
-            text_side.result()
+            _write_text_side(staging, documents, chunks)
+            vectors, embedded, reused = _vectors(chunks, documents, reusable, embedder, progress)
             version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{fingerprint[:8]}"
             manifest = _write_version(
                 staging, index_dir / version, documents, chunks, vectors, embedder, chunking, fingerprint, dense
