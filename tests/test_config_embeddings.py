@@ -113,7 +113,7 @@ def test_compute_threads_per_question_and_for_builds(
     import torch
 
     from threatqa.engine import Engine
-    from threatqa.index import compute_threads
+    from threatqa.index import compute_threads, set_compute_threads
 
     with compute_threads(faiss.omp_get_max_threads()):  # the process is left as it was found
         monkeypatch.setattr("os.cpu_count", lambda: 8)
@@ -128,7 +128,10 @@ def test_compute_threads_per_question_and_for_builds(
         settings = Settings.load(docs=docs, index=tmp_path / "index", audit=tmp_path / "a.sqlite3",
                                  model=str(tiny_model), workers=4)  # fmt: skip
         Engine.start(settings, build="missing", log=lambda m: None)
-        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 8  # FAISS: 8 cores / 4 workers
+        # PyTorch keeps every core; FAISS shares its OpenMP runtime, so it has the same count
+        assert faiss.omp_get_max_threads() == 8 and torch.get_num_threads() == 8
         with compute_threads(6):
             assert faiss.omp_get_max_threads() == 6 and torch.get_num_threads() == 6
-        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 8
+        assert faiss.omp_get_max_threads() == 8 and torch.get_num_threads() == 8
+        set_compute_threads(2, 2)  # one count for the two
+        assert faiss.omp_get_max_threads() == 2

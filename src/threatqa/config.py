@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         0,
         description="CPU threads one question may use (PyTorch, ONNX Runtime, FAISS). 0: measured defaults "
         "(benchmarks/threads.py): ONNX Runtime and FAISS get the cores divided by workers, at least 1; "
-        "PyTorch keeps every core.",
+        "PyTorch (and FAISS beside it, which shares its OpenMP) keeps every core.",
         ge=0,
         le=256,
     )

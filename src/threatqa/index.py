@@ -313,12 +313,14 @@ def set_compute_threads(threads: int, torch_threads: int | None = None) -> None:
 
     A server answers `workers` questions at once: FAISS (and ONNX Runtime, whose query session is
     made with its own count) do best with one thread each on a 2-core machine, PyTorch with every
-    core (benchmarks/threads.py)."""
+    core (benchmarks/threads.py). PyTorch and FAISS share one OpenMP runtime, hence one count:
+    when PyTorch is loaded, FAISS gets PyTorch's."""
     import faiss
 
-    faiss.omp_set_num_threads(threads)
     if (torch := sys.modules.get("torch")) is not None:
-        torch.set_num_threads(torch_threads or threads)
+        threads = torch_threads or threads
+        torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
 
 
 @contextlib.contextmanager
