@@ -343,27 +343,29 @@ class LexicalIndex:
         (folder / cls.META).write_text(json.dumps(meta))
         return cls(folder)
 
-    def terms(self, question: str) -> np.ndarray:
-        """Column ids of the question's stems that the index knows (repeats kept: they weigh twice)."""
-        return np.array([self.vocabulary[t] for t in word_tokens(question) if t in self.vocabulary], dtype=np.int64)
+    def terms(self, question: str | list[str]) -> np.ndarray:
+        """Column ids of the question's stems (or of these stems) that the index knows; repeats kept,
+        they weigh twice."""
+        stems = word_tokens(question) if isinstance(question, str) else question
+        return np.array([self.vocabulary[t] for t in stems if t in self.vocabulary], dtype=np.int64)
 
     def search(self, question: str, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k best passage rows and their scores (only rows where mask is True, if given).
 
         A question of stopwords only has nothing to search for, even though its character
         n-grams would match almost every passage."""
-        empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if not self.count or not word_tokens(question):
-            return empty
+        stems = word_tokens(question)
+        if not self.count or not stems:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         scratch = self._take_scratch()
-        result = self._search(question, k, mask, scratch)
+        result = self._search(question, self.terms(stems), k, mask, scratch)
         self._free.put(scratch)  # only after a completed search, which leaves it zeroed again
         return result
 
     def _search(
-        self, question: str, k: int, mask: np.ndarray | None, scratch: _Scratch
+        self, question: str, terms: np.ndarray, k: int, mask: np.ndarray | None, scratch: _Scratch
     ) -> tuple[np.ndarray, np.ndarray]:
-        rows, word = self._word_scores(self.terms(question), scratch)
+        rows, word = self._word_scores(terms, scratch)
         if mask is not None:
             keep = mask[rows]
             rows, word = rows[keep], word[keep]
