@@ -43,7 +43,7 @@ from threatqa.errors import IndexMismatch, IndexMissing
 from threatqa.ingest import Document, PageSpan, file_sha256, iter_files, load_documents
 from threatqa.lexical import LexicalIndex
 
-SCHEMA_VERSION = 3  # 2: passages keep their own text; 3: lexical views as memory-mapped BM25 matrices
+SCHEMA_VERSION = 3  # 2: passages keep their own text; 3: lexical views as BM25 matrices by stem / by passage
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks.sqlite"
@@ -334,9 +334,7 @@ def compute_threads(threads: int) -> Iterator[None]:
     try:
         yield
     finally:
-        faiss.omp_set_num_threads(before[0])
-        if torch is not None and before[1] is not None:
-            torch.set_num_threads(before[1])
+        set_compute_threads(*before)
 
 
 def build_index(
@@ -368,18 +366,11 @@ def build_index(
             note("warning: no embedding model available; the new index version is lexical only")
         chunks = chunk_documents(documents, chunking)
         reusable = previous if previous and _compatible(previous.manifest, chunking, embedder) else None
-        staging = index_dir / f".tmp-{uuid.uuid4().hex}"
-        staging.mkdir()
-        try:
-            _write_text_side(staging, documents, chunks)
-            vectors, embedded, reused = _vectors(chunks, documents, reusable, embedder, progress)
-            version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{fingerprint[:8]}"
-            manifest = _write_version(
-                staging, index_dir / version, documents, chunks, vectors, embedder, chunking, fingerprint, dense
-            )
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        vectors, embedded, reused = _vectors(chunks, documents, reusable, embedder, progress)
+        version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{fingerprint[:8]}"
+        manifest = _write_version(
+            index_dir, version, documents, chunks, vectors, embedder, chunking, fingerprint, dense
+        )
         _switch(index_dir, version)
         _prune(index_dir, keep={version, previous.folder.name if previous else ""})
     old = {p: info["sha256"] for p, info in (previous.manifest.documents.items() if previous else [])}
@@ -487,15 +478,9 @@ def _vectors(
     return vectors, len(todo), len(chunks) - len(todo)
 
 
-def _write_text_side(staging: Path, documents: list[Document], chunks: list[Chunk]) -> None:
-    """The parts of an index version that need no vectors: the passage store and the lexical index."""
-    _write_store(staging / CHUNKS, documents, chunks)
-    LexicalIndex.build([c.text for c in chunks], staging / BM25_DIR)
-
-
 def _write_version(
-    staging: Path,
-    destination: Path,
+    index_dir: Path,
+    version: str,
     documents: list[Document],
     chunks: list[Chunk],
     vectors: np.ndarray | None,
@@ -504,51 +489,58 @@ def _write_version(
     fingerprint: str,
     dense_config: DenseConfig = DenseConfig(),
 ) -> Manifest:
-    """Completes the staging folder (dense index, checksums, manifest) and moves it into place."""
-    retrievers = ["bm25"]
-    if vectors is not None and embedder is not None:
-        import faiss
+    staging = index_dir / f".tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        _write_store(staging / CHUNKS, documents, chunks)
+        LexicalIndex.build([c.text for c in chunks], staging / BM25_DIR)
+        retrievers = ["bm25"]
+        if vectors is not None and embedder is not None:
+            import faiss
 
-        dense = build_dense(vectors, dense_config)
-        faiss.write_index(dense, str(staging / DENSE))
-        if not isinstance(dense, faiss.IndexFlat):
-            np.save(staging / VECTORS, vectors.astype(np.float16))
-        retrievers.append("dense")
-    files = {
-        str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-        for path in sorted(staging.rglob("*"))
-        if path.is_file()
-    }
-    first_rows: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    for row, chunk in enumerate(chunks):
-        first_rows.setdefault(chunk.doc_id, row)
-        counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
-    manifest = Manifest(
-        id=destination.name,
-        schema_version=SCHEMA_VERSION,
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        model=embedder.name if embedder and vectors is not None else None,
-        dimension=embedder.dimension if embedder and vectors is not None else None,
-        retrievers=tuple(retrievers),
-        chunking=asdict(chunking),
-        documents={
-            d.path: {
-                "id": d.id,
-                "sha256": d.sha256,
-                "chunks": counts.get(d.id, 0),
-                "first_row": first_rows.get(d.id, 0),
-            }
-            for d in documents
-        },
-        chunk_count=len(chunks),
-        files=files,
-        inputs=fingerprint,
-    )
-    _write_atomic(staging / MANIFEST, json.dumps(manifest.to_json(), indent=1, sort_keys=True))
-    _fsync_tree(staging)
-    os.replace(staging, destination)
-    return manifest
+            dense = build_dense(vectors, dense_config)
+            faiss.write_index(dense, str(staging / DENSE))
+            if not isinstance(dense, faiss.IndexFlat):
+                np.save(staging / VECTORS, vectors.astype(np.float16))
+            retrievers.append("dense")
+        files = {
+            str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            for path in sorted(staging.rglob("*"))
+            if path.is_file()
+        }
+        first_rows: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        for row, chunk in enumerate(chunks):
+            first_rows.setdefault(chunk.doc_id, row)
+            counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+        manifest = Manifest(
+            id=version,
+            schema_version=SCHEMA_VERSION,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            model=embedder.name if embedder and vectors is not None else None,
+            dimension=embedder.dimension if embedder and vectors is not None else None,
+            retrievers=tuple(retrievers),
+            chunking=asdict(chunking),
+            documents={
+                d.path: {
+                    "id": d.id,
+                    "sha256": d.sha256,
+                    "chunks": counts.get(d.id, 0),
+                    "first_row": first_rows.get(d.id, 0),
+                }
+                for d in documents
+            },
+            chunk_count=len(chunks),
+            files=files,
+            inputs=fingerprint,
+        )
+        _write_atomic(staging / MANIFEST, json.dumps(manifest.to_json(), indent=1, sort_keys=True))
+        _fsync_tree(staging)
+        os.replace(staging, index_dir / version)
+        return manifest
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def build_dense(vectors: np.ndarray, config: DenseConfig = DenseConfig()) -> object:

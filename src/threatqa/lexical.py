@@ -11,11 +11,11 @@ over plain BM25 on whole paragraphs:
 
 Both views are BM25 (Lucene's variant) over a sparse count matrix made by scikit-learn's
 vectorizers: `CountVectorizer` with our word analyzer, `HashingVectorizer` for character n-grams.
-The word view is stored by term (CSC: one posting list per stem), so a question reads only the
-postings of its own terms, for passages and sentences alike. The character view, ten times
-larger, is stored by passage (CSR) and re-scores only the word view's best candidates. Both are
-built a batch at a time into .npy files and memory-mapped when opened, so neither building nor
-serving holds a large corpus in memory.
+The word view is stored by term (CSC: one posting list per stem, memory-mapped), so a question
+reads only the postings of its own terms, for passages and sentences alike. The character view,
+ten times larger, is stored by passage and read with `os.pread` for the word view's best
+candidates only. Both are built a batch at a time, so neither building nor serving holds a large
+corpus in memory.
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ _CHARS = HashingVectorizer(
 )  # fmt: skip
 
 
-def _idf(df: np.ndarray, n: int) -> np.ndarray:
+def _idf(df: np.ndarray | int, n: int) -> np.ndarray:
     """BM25 IDF as Lucene computes it (never negative)."""
-    return np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
+    return np.log(1 + (n - np.asarray(df) + 0.5) / (np.asarray(df) + 0.5))
 
 
 def _saturate(tf: np.ndarray, lengths: np.ndarray, mean_length: float) -> np.ndarray:
@@ -128,7 +128,7 @@ class WordView:
     def from_counts(cls, counts: sparse.csr_matrix) -> WordView:
         """BM25 weights from a (texts x stems) count matrix."""
         lengths = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
-        idf = _idf(np.bincount(counts.indices, minlength=counts.shape[1]), counts.shape[0])
+        idf = _idf(np.bincount(counts.indices, minlength=counts.shape[1]), counts.shape[0]).astype(np.float32)
         per_entry = np.repeat(lengths, np.diff(counts.indptr))
         counts.data = idf[counts.indices] * _saturate(counts.data, per_entry, _mean(lengths))
         weights = counts.astype(np.float32).tocsc()
@@ -191,7 +191,7 @@ class _CharCounts:
         sizes = np.concatenate(self.sizes) if self.sizes else np.zeros(0, dtype=np.int64)
         length = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.float32)
         indptr = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-        idf, mean_length, total = _idf(self.df, len(length)), _mean(length), int(indptr[-1])
+        idf, mean_length, total = _idf(self.df, len(length)).astype(np.float32), _mean(length), int(indptr[-1])
         # plain sequential reads and writes: memory-mapping files this size would make every page
         # of them count as the process's resident memory
         with (
@@ -310,8 +310,10 @@ class LexicalIndex:
         self.chars = CharView.load(folder, "char")
         self.char_sentences = CharView.load(folder, "char-sentences")
         self.sentence_starts = np.load(folder / "sentence_starts.npy")  # each passage's first sentence
+        self.sentence_ends = np.append(self.sentence_starts[1:], self.word_sentences.rows)
+        owner = np.repeat(np.arange(self.count, dtype=np.int32), self.sentence_ends - self.sentence_starts)
         # the passage of each sentence posting, read in order at query time (4 bytes a posting, in memory)
-        self.posting_owner = np.load(folder / "sentence_owner.npy")[self.word_sentences.indices]
+        self.posting_owner = owner[self.word_sentences.indices]
         self._free: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
 
     @classmethod
@@ -337,7 +339,6 @@ class LexicalIndex:
         chars.finish()
         char_sentences.finish()
         np.save(folder / "sentence_starts.npy", np.concatenate(([0], np.cumsum(per_passage)[:-1])).astype(np.int64))
-        np.save(folder / "sentence_owner.npy", np.repeat(np.arange(len(texts), dtype=np.int32), per_passage))
         vocabulary = {term: int(column) for term, column in vectorizer.vocabulary_.items()}
         meta = {"count": len(texts), "sentences": int(per_passage.sum()), "vocabulary": vocabulary}
         (folder / cls.META).write_text(json.dumps(meta))
@@ -416,9 +417,7 @@ class LexicalIndex:
 
     def _best_char_sentence(self, scratch: _Scratch, rows: np.ndarray) -> np.ndarray:
         """For each passage row: the character-view BM25 of its best sentence."""
-        starts = self.sentence_starts
-        ends = np.append(starts[1:], self.word_sentences.rows)
-        firsts, lasts = starts[rows], ends[rows]
+        firsts, lasts = self.sentence_starts[rows], self.sentence_ends[rows]
         scores = self.char_sentences.scores(scratch.ngrams, _ranges(firsts, lasts))
         return np.maximum.reduceat(scores, np.concatenate(([0], np.cumsum(lasts - firsts)[:-1])))
 
@@ -436,7 +435,7 @@ class LexicalIndex:
         for stem in stems:
             column = self.vocabulary.get(stem)
             df = 0 if column is None else self.words.document_frequency(column)
-            weight = float(np.log(1 + (self.count - df + 0.5) / (df + 0.5)))
+            weight = float(_idf(df, self.count))
             weights += weight
             if column is not None:
                 found += weight * self.words.contains(column, at)
