@@ -75,15 +75,26 @@ def test_word_view_equals_bm25_of_passage_plus_half_its_best_sentence(index: Lex
     assert not scratch.sentences.any()
 
 
-@pytest.mark.parametrize("question", QUESTIONS)
-def test_char_view_equals_bm25_of_character_ngrams(index: LexicalIndex, question: str) -> None:
-    counts = _CHARS.transform(TEXTS).toarray()
-    n, lengths = len(TEXTS), counts.sum(axis=1)
-    idf = np.log(1 + (n - (counts > 0).sum(axis=0) + 0.5) / ((counts > 0).sum(axis=0) + 0.5))
+def _char_bm25(texts: list[str], question: str) -> np.ndarray:
+    """BM25 of the question's character n-grams in each text, from a dense count matrix."""
+    counts = _CHARS.transform(texts).toarray()
+    n, lengths, df = len(texts), counts.sum(axis=1), (counts > 0).sum(axis=0)
+    idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
     weights = idf * counts / (counts + K1 * (1 - B + B * lengths[:, None] / lengths.mean()))
-    query = _CHARS.transform([question]).toarray().ravel()
-    rows = np.arange(n)
-    np.testing.assert_allclose(index.chars.scores(query.astype(np.float32), rows), weights @ query, rtol=1e-4)
+    return weights @ _CHARS.transform([question]).toarray().ravel()
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_char_view_equals_bm25_of_character_ngrams_in_passages_and_best_sentences(
+    index: LexicalIndex, question: str
+) -> None:
+    sentence_scores = iter(_char_bm25([s for t in TEXTS for s in _sentence_texts(t)], question))
+    best = [max(next(sentence_scores) for _ in _sentence_texts(t)) for t in TEXTS]
+    query = _CHARS.transform([question]).toarray().ravel().astype(np.float32)
+    for rows in (np.arange(len(TEXTS)), np.array([1, 2, 6])):  # every passage; some, not adjacent on disk
+        passage, sentence = index.chars.scores(query, index.sentence_starts[rows], index.sentence_ends[rows])
+        np.testing.assert_allclose(passage, _char_bm25(TEXTS, question)[rows], rtol=1e-5)
+        np.testing.assert_allclose(sentence, np.array(best)[rows], rtol=1e-5)
 
 
 def test_search_ranks_by_both_views_and_respects_the_mask(index: LexicalIndex) -> None:

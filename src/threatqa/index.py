@@ -43,7 +43,9 @@ from threatqa.errors import IndexMismatch, IndexMissing
 from threatqa.ingest import Document, PageSpan, file_sha256, iter_files, load_documents
 from threatqa.lexical import LexicalIndex
 
-SCHEMA_VERSION = 3  # 2: passages keep their own text; 3: lexical views as BM25 matrices by stem / by passage
+# 2: passages keep their own text; 3: lexical views as BM25 matrices by stem / by passage;
+# 4: one character view, stored by sentence, with each n-gram's weight in the sentence and the passage
+SCHEMA_VERSION = 4
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks.sqlite"

@@ -20,7 +20,6 @@ corpus in memory.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -43,7 +42,13 @@ CHAR_NGRAMS = (3, 5)  # n-gram sizes, inclusive
 CHAR_CANDIDATES = 200  # passages (best by the word view) that the character view re-scores
 K1, B = 1.5, 0.75  # BM25 parameters (the usual defaults)
 BATCH = 10_000  # texts vectorised at a time when building
-ENTRY = np.dtype([("ngram", "<i4"), ("weight", "<f4")])  # one character n-gram of one text
+# One character n-gram of one sentence: its hash, its BM25 weight in the sentence, and its BM25
+# weight in the passage shared out among the passage's sentences that have it (CharView).
+ENTRY = np.dtype([("ngram", "<i4"), ("sentence", "<f4"), ("passage", "<f4")])
+HASH_BITS = 20  # n-gram hashes are below 2**20
+HASH_MASK = (1 << HASH_BITS) - 1
+# counts stop there when building, far beyond a passage's length (about 300 to 2,000 characters)
+MAX_COUNT, MAX_SHARING = 2**16 - 1, 2 ** (32 - HASH_BITS) - 1
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 _STOPWORDS = frozenset(STOPWORDS_EN) | frozenset(ENGLISH_STOP_WORDS)
 _STEMMER = Stemmer.Stemmer("english")
@@ -66,7 +71,7 @@ def _words_only(text: str) -> str:
 # Character 3-5-grams inside words (padded with a space), hashed into a fixed-size space so the
 # view needs no vocabulary; collisions at 2**20 buckets are rare enough not to matter for ranking.
 _CHARS = HashingVectorizer(
-    analyzer="char_wb", ngram_range=CHAR_NGRAMS, n_features=2**20, alternate_sign=False, norm=None,
+    analyzer="char_wb", ngram_range=CHAR_NGRAMS, n_features=2**HASH_BITS, alternate_sign=False, norm=None,
     preprocessor=_words_only, dtype=np.float32,
 )  # fmt: skip
 
@@ -101,18 +106,6 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 def _open(path: Path) -> np.ndarray:
     """A saved array, memory-mapped (as a plain ndarray: no per-access overhead of np.memmap)."""
     return np.asarray(np.load(path, mmap_mode="r"))
-
-
-@contextlib.contextmanager
-def _npy_writer(path: Path, dtype: type, length: int) -> Iterator[BinaryIO]:
-    """A .npy file of a 1-D array, opened for writing its `length` values in order."""
-    with path.open("wb") as out:
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (length,)}
-        np.lib.format.write_array_header_1_0(out, header)
-        start = out.tell()
-        yield out
-        if out.tell() - start != length * np.dtype(dtype).itemsize:
-            raise OSError(f"{path.name}: wrote {out.tell() - start} bytes for {length} values")
 
 
 @dataclass(frozen=True)
@@ -165,53 +158,6 @@ class WordView:
         return cls(*(_open(folder / f"{name}-{part}.npy") for part in ("data", "indices", "indptr")), rows=rows)
 
 
-class _CharCounts:
-    """A character view being built: counts a batch at a time to a raw file (with document
-    frequencies and lengths kept), then BM25 weights in a second sequential pass."""
-
-    def __init__(self, folder: Path, name: str) -> None:
-        self.folder, self.name = folder, name
-        self.df = np.zeros(_CHARS.n_features, dtype=np.int64)
-        self.sizes: list[np.ndarray] = []
-        self.lengths: list[np.ndarray] = []
-        self.raw = {part: folder / f".{name}-{part}.raw" for part in ("data", "indices")}
-        self.outs = {part: path.open("wb") for part, path in self.raw.items()}
-
-    def add(self, counts: sparse.csr_matrix) -> None:
-        counts.sort_indices()
-        counts.data.astype(np.float32).tofile(self.outs["data"])
-        counts.indices.astype(np.int32).tofile(self.outs["indices"])
-        self.sizes.append(np.diff(counts.indptr))
-        self.lengths.append(np.asarray(counts.sum(axis=1), dtype=np.float32).ravel())
-        self.df += np.bincount(counts.indices, minlength=_CHARS.n_features)
-
-    def finish(self) -> None:
-        for out in self.outs.values():
-            out.close()
-        sizes = np.concatenate(self.sizes) if self.sizes else np.zeros(0, dtype=np.int64)
-        length = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.float32)
-        indptr = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-        idf, mean_length, total = _idf(self.df, len(length)).astype(np.float32), _mean(length), int(indptr[-1])
-        # plain sequential reads and writes: memory-mapping files this size would make every page
-        # of them count as the process's resident memory
-        with (
-            self.raw["data"].open("rb") as counts_in, self.raw["indices"].open("rb") as ngrams_in,
-            _npy_writer(self.folder / f"{self.name}-entries.npy", ENTRY, total) as out,
-        ):  # fmt: skip
-            for first in range(0, len(length), BATCH * 5):
-                rows = slice(first, min(first + BATCH * 5, len(length)))
-                count = int(indptr[rows.stop] - indptr[rows.start])
-                entries = np.empty(count, dtype=ENTRY)
-                entries["ngram"] = np.fromfile(ngrams_in, dtype=np.int32, count=count)
-                tf = np.fromfile(counts_in, dtype=np.float32, count=count)
-                per_entry = np.repeat(length[rows], sizes[rows])
-                entries["weight"] = idf[entries["ngram"]] * _saturate(tf, per_entry, mean_length)
-                entries.tofile(out)
-        for path in self.raw.values():
-            path.unlink()
-        np.save(self.folder / f"{self.name}-indptr.npy", indptr)
-
-
 def _sum_by_passage(counts: sparse.csr_matrix, per_passage: np.ndarray) -> sparse.csr_matrix:
     """Passage rows from sentence rows: a passage's words are exactly its sentences' words (sentences
     split at whitespace and cover the passage), so its counts are their sums."""
@@ -221,49 +167,137 @@ def _sum_by_passage(counts: sparse.csr_matrix, per_passage: np.ndarray) -> spars
     return (summing @ counts).tocsr()
 
 
+def _at_pattern(pattern: sparse.csr_matrix, values: sparse.csr_matrix) -> np.ndarray:
+    """values' entries at each stored entry of pattern (all of which values has), in pattern's order."""
+    ones = pattern.copy()
+    ones.data = np.ones(len(ones.data), dtype=np.float32)
+    picked = ones.multiply(values).tocsr()
+    picked.sort_indices()
+    if not (np.array_equal(picked.indptr, pattern.indptr) and np.array_equal(picked.indices, pattern.indices)):
+        raise AssertionError("a passage lacks an n-gram of one of its sentences")
+    return picked.data
+
+
+class _CharWriter:
+    """A character view being built: counts a batch of passages at a time to a raw file (with the
+    document frequencies and lengths kept), then BM25 weights in a second sequential pass."""
+
+    # an n-gram of a sentence, counted: its hash and (above HASH_BITS) how many of the passage's
+    # sentences have it; its count in the sentence; its count in the passage
+    COUNTS = np.dtype([("key", "<u4"), ("sentence", "<u2"), ("passage", "<u2")])
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.raw = folder / f".{CharView.ENTRIES}.raw"
+        self.out = self.raw.open("wb")
+        self.df = [np.zeros(_CHARS.n_features, np.int64), np.zeros(_CHARS.n_features, np.int64)]
+        self.sizes: list[np.ndarray] = []  # entries per sentence
+        self.lengths: list[np.ndarray] = []  # n-grams per sentence
+        self.per_passage: list[np.ndarray] = []  # sentences per passage
+
+    def add(self, counts: sparse.csr_matrix, per_passage: np.ndarray) -> None:
+        """counts: the batch's sentences (rows) by n-gram hash; per_passage: each passage's number of sentences."""
+        counts.sort_indices()
+        passages = _sum_by_passage(counts, per_passage)
+        present = counts.copy()
+        present.data = np.ones(len(present.data), dtype=np.float32)
+        owner = np.repeat(np.arange(len(per_passage)), per_passage)
+        sharing = np.minimum(_at_pattern(counts, _sum_by_passage(present, per_passage)[owner]), MAX_SHARING)
+        entries = np.empty(len(counts.data), dtype=self.COUNTS)
+        entries["key"] = counts.indices.astype(np.uint32) | (sharing.astype(np.uint32) << HASH_BITS)
+        entries["sentence"] = np.minimum(counts.data, MAX_COUNT)
+        entries["passage"] = np.minimum(_at_pattern(counts, passages[owner]), MAX_COUNT)
+        entries.tofile(self.out)
+        self.sizes.append(np.diff(counts.indptr))
+        self.lengths.append(np.asarray(counts.sum(axis=1), dtype=np.float32).ravel())
+        self.per_passage.append(per_passage)
+        self.df[0] += np.bincount(counts.indices, minlength=_CHARS.n_features)
+        self.df[1] += np.bincount(passages.indices, minlength=_CHARS.n_features)
+
+    def finish(self) -> None:
+        self.out.close()
+        sizes, lengths, per_passage = (np.concatenate(parts) if parts else np.zeros(0, np.int64)
+                                       for parts in (self.sizes, self.lengths, self.per_passage))  # fmt: skip
+        passage_lengths = _segment_sums(lengths, per_passage)
+        idf = [_idf(df, n).astype(np.float32) for df, n in zip(self.df, (len(lengths), len(per_passage)))]
+        means = _mean(lengths), _mean(passage_lengths)
+        sentence_lengths = lengths.astype(np.float32)
+        passage_of_sentence = np.repeat(passage_lengths.astype(np.float32), per_passage)
+        indptr = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        # plain sequential reads and writes: memory-mapping files this size would make every page
+        # of them count as the process's resident memory
+        with self.raw.open("rb") as raw, (self.folder / CharView.ENTRIES).open("wb") as out:
+            for first in range(0, len(sizes), BATCH * 10):
+                rows = slice(first, min(first + BATCH * 10, len(sizes)))
+                counts = np.fromfile(raw, dtype=self.COUNTS, count=int(indptr[rows.stop] - indptr[rows.start]))
+                ngrams, sharing = counts["key"] & HASH_MASK, counts["key"] >> HASH_BITS
+                entries = np.empty(len(counts), dtype=ENTRY)
+                entries["ngram"] = ngrams
+                entries["sentence"] = idf[0][ngrams] * _saturate(
+                    counts["sentence"], np.repeat(sentence_lengths[rows], sizes[rows]), means[0]
+                )
+                entries["passage"] = (
+                    idf[1][ngrams]
+                    * _saturate(counts["passage"], np.repeat(passage_of_sentence[rows], sizes[rows]), means[1])
+                    / sharing
+                )
+                entries.tofile(out)
+        self.raw.unlink()
+        np.save(self.folder / "char-indptr.npy", indptr)
+
+
+def _segment_sums(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Sums of consecutive segments of values with the given sizes (0 for an empty one)."""
+    sums, filled = np.zeros(len(sizes), dtype=np.float64), sizes > 0
+    if filled.any():
+        sums[filled] = np.add.reduceat(values, (np.cumsum(sizes) - sizes)[filled])
+    return sums
+
+
 @dataclass(frozen=True)
 class CharView:
-    """BM25 weights of character n-grams, stored by text (rows are texts, each a run of entries).
+    """BM25 of character n-grams in passages and in their sentences, stored by sentence.
 
-    Only the rows of a question's candidates are ever read, so the cost of a query does not grow
-    with the corpus. They are read with `os.pread` rather than memory-mapped: this view is the
-    largest part of the index (about 15 KB a passage), and mapped pages of it would count as
-    the server's resident memory, growing with every candidate ever read."""
+    A sentence is a run of entries, one per n-gram it has: the n-gram's hash, its BM25 weight in
+    the sentence, and its BM25 weight in the passage divided by the number of the passage's
+    sentences that have it (so the passage's own BM25 is a sum over its sentences' entries).
+    A passage's sentences are adjacent, so a candidate is one read, and only the candidates' rows
+    are ever read: a query's cost does not grow with the corpus. They are read with `os.pread`
+    rather than memory-mapped: this view is the largest part of the index (about 10 KB a passage),
+    and mapped pages of it would count as the server's resident memory, growing with every
+    candidate ever read."""
 
-    file: BinaryIO  # the .npy of entries (ENTRY records), unbuffered
-    offset: int  # where the records start in the file
-    indptr: np.ndarray  # int64, rows + 1: row i's entries are [indptr[i], indptr[i + 1])
+    ENTRIES = "char-entries.bin"  # ENTRY records, sentence after sentence
+
+    file: BinaryIO  # ENTRIES, unbuffered
+    indptr: np.ndarray  # int64, sentences + 1: sentence i's entries are [indptr[i], indptr[i + 1])
 
     @classmethod
-    def load(cls, folder: Path, name: str) -> CharView:
-        file = (folder / f"{name}-entries.npy").open("rb", buffering=0)
-        np.lib.format.read_magic(file)
-        shape, _, dtype = np.lib.format.read_array_header_1_0(file)
-        indptr = np.load(folder / f"{name}-indptr.npy")
-        if dtype != ENTRY or shape != (int(indptr[-1]),):
+    def load(cls, folder: Path) -> CharView:
+        file = (folder / cls.ENTRIES).open("rb", buffering=0)
+        indptr = np.load(folder / "char-indptr.npy")
+        if os.fstat(file.fileno()).st_size != int(indptr[-1]) * ENTRY.itemsize:
             file.close()
-            raise ValueError(f"{file.name} holds {shape} of {dtype}, expected {int(indptr[-1])} entries")
-        return cls(file, file.tell(), indptr)
+            raise ValueError(f"{file.name} does not hold the {int(indptr[-1])} entries its index says")
+        return cls(file, indptr)
 
-    def scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """BM25 of a question's character n-grams (its count per n-gram hash) for the given rows.
-
-        Consecutive rows (a passage's sentences) are read in one go."""
-        if not len(rows):
-            return np.zeros(0)
-        starts, ends = self.indptr[rows], self.indptr[rows + 1]
-        cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1  # where the next row is not adjacent on disk
-        first, last = starts[np.r_[0, cut]].tolist(), ends[np.r_[cut - 1, len(rows) - 1]].tolist()
+    def scores(self, query: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For passages whose sentences are firsts[i] .. lasts[i] - 1 (ascending): the BM25 of the
+        question's character n-grams (query: its count per n-gram hash) in each passage and in its
+        best sentence."""
+        starts, ends = self.indptr[firsts], self.indptr[lasts]
+        cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1  # where the next passage is not adjacent on disk
+        first, last = starts[np.r_[0, cut]].tolist(), ends[np.r_[cut - 1, len(firsts) - 1]].tolist()
         size, fd = ENTRY.itemsize, self.file.fileno()
-        data = b"".join([os.pread(fd, (z - a) * size, self.offset + a * size) for a, z in zip(first, last)])
-        entries = np.frombuffer(data, dtype=ENTRY)
+        entries = np.frombuffer(b"".join([os.pread(fd, (z - a) * size, a * size) for a, z in zip(first, last)]), ENTRY)
         if len(entries) != int((ends - starts).sum()):
             raise OSError(f"{self.file.name}: short read")
-        weights = entries["weight"] * query[entries["ngram"]]
-        sizes = ends - starts
-        result, filled = np.zeros(len(rows)), sizes > 0
-        result[filled] = np.add.reduceat(weights, (np.cumsum(sizes) - sizes)[filled])
-        return result
+        counts = query[entries["ngram"]]
+        sentences = _ranges(firsts, lasts)
+        in_sentences = _segment_sums(entries["sentence"] * counts, self.indptr[sentences + 1] - self.indptr[sentences])
+        per_passage = lasts - firsts
+        best = np.maximum.reduceat(in_sentences, np.cumsum(per_passage) - per_passage)
+        return _segment_sums(entries["passage"] * counts, ends - starts), best
 
 
 @dataclass(frozen=True)
@@ -307,10 +341,9 @@ class LexicalIndex:
         self.vocabulary: dict[str, int] = meta["vocabulary"]
         self.words = WordView.load(folder, "word", self.count)
         self.word_sentences = WordView.load(folder, "word-sentences", int(meta["sentences"]))
-        self.chars = CharView.load(folder, "char")
-        self.char_sentences = CharView.load(folder, "char-sentences")
         self.sentence_starts = np.load(folder / "sentence_starts.npy")  # each passage's first sentence
         self.sentence_ends = np.append(self.sentence_starts[1:], self.word_sentences.rows)
+        self.chars = CharView.load(folder)
         owner = np.repeat(np.arange(self.count, dtype=np.int32), self.sentence_ends - self.sentence_starts)
         # the passage of each sentence posting, read in order at query time (4 bytes a posting, in memory)
         self.posting_owner = owner[self.word_sentences.indices]
@@ -330,15 +363,11 @@ class LexicalIndex:
         WordView.from_counts(_sum_by_passage(sentence_counts, per_passage)).save(folder, "word")
         WordView.from_counts(sentence_counts).save(folder, "word-sentences")
         del sentence_counts
-        chars, char_sentences = _CharCounts(folder, "char"), _CharCounts(folder, "char-sentences")
+        chars = _CharWriter(folder)
         for first in range(0, len(texts), BATCH):
-            batch = per_passage[first : first + BATCH]
-            counts = _CHARS.transform(_sentences(texts[first : first + BATCH]))
-            char_sentences.add(counts)
-            chars.add(_sum_by_passage(counts, batch))
+            chars.add(_CHARS.transform(_sentences(texts[first : first + BATCH])), per_passage[first : first + BATCH])
         chars.finish()
-        char_sentences.finish()
-        np.save(folder / "sentence_starts.npy", np.concatenate(([0], np.cumsum(per_passage)[:-1])).astype(np.int64))
+        np.save(folder / "sentence_starts.npy", (np.cumsum(per_passage) - per_passage).astype(np.int64))
         vocabulary = {term: int(column) for term, column in vectorizer.vocabulary_.items()}
         meta = {"count": len(texts), "sentences": int(per_passage.sum()), "vocabulary": vocabulary}
         (folder / cls.META).write_text(json.dumps(meta))
@@ -372,7 +401,7 @@ class LexicalIndex:
             rows, word = rows[keep], word[keep]
         candidates = max(k, CHAR_CANDIDATES)
         if len(rows) > candidates:
-            best = np.argpartition(-word, candidates - 1)[:candidates]
+            best = np.sort(np.argpartition(-word, candidates - 1)[:candidates])  # rows stay in file order
             rows, word = rows[best], word[best]
         if len(rows) < k and self.count <= CHAR_CANDIDATES * 10:
             # too few passages share a word with the question: in a small index, let the character
@@ -380,12 +409,15 @@ class LexicalIndex:
             allowed = np.flatnonzero(mask) if mask is not None else np.arange(self.count)
             extra = np.setdiff1d(allowed[: CHAR_CANDIDATES * 10], rows)
             rows, word = np.concatenate((rows, extra)), np.concatenate((word, np.zeros(len(extra))))
+            order = np.argsort(rows)
+            rows, word = rows[order], word[order]
         if not len(rows):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         ngrams = _CHARS.transform([question])
         scratch.ngrams[ngrams.indices] = ngrams.data
         try:
-            char = self.chars.scores(scratch.ngrams, rows) + SENTENCE_WEIGHT * self._best_char_sentence(scratch, rows)
+            passage, sentence = self.chars.scores(scratch.ngrams, self.sentence_starts[rows], self.sentence_ends[rows])
+            char = passage + SENTENCE_WEIGHT * sentence
         finally:
             scratch.ngrams[ngrams.indices] = 0.0
         combined = _scaled(word) + _scaled(char)
@@ -414,12 +446,6 @@ class LexicalIndex:
         scores = passages[rows] + SENTENCE_WEIGHT * best[rows].astype(np.float64)
         passages[rows], best[rows], touched[rows] = 0.0, 0.0, False
         return rows, scores
-
-    def _best_char_sentence(self, scratch: _Scratch, rows: np.ndarray) -> np.ndarray:
-        """For each passage row: the character-view BM25 of its best sentence."""
-        firsts, lasts = self.sentence_starts[rows], self.sentence_ends[rows]
-        scores = self.char_sentences.scores(scratch.ngrams, _ranges(firsts, lasts))
-        return np.maximum.reduceat(scores, np.concatenate(([0], np.cumsum(lasts - firsts)[:-1])))
 
     def coverage(self, question: str, rows: list[int]) -> list[float]:
         """For each passage row: the share of the question's IDF mass (distinct word stems) it contains.
