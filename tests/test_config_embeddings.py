@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from threatqa.config import Settings, settings_markdown
@@ -127,7 +128,7 @@ def test_compute_threads_per_question_and_for_builds(
         (docs / "a.txt").write_text("Organised crime groups launder money through cash businesses.\n", encoding="utf-8")
         settings = Settings.load(docs=docs, index=tmp_path / "index", audit=tmp_path / "a.sqlite3",
                                  model=str(tiny_model), workers=4)  # fmt: skip
-        Engine.start(settings, build="missing", log=lambda m: None)
+        engine = Engine.start(settings, build="missing", log=lambda m: None)
         # PyTorch keeps every core; FAISS shares its OpenMP runtime, so it has the same count
         assert faiss.omp_get_max_threads() == 8 and torch.get_num_threads() == 8
         with compute_threads(6):
@@ -135,3 +136,18 @@ def test_compute_threads_per_question_and_for_builds(
         assert faiss.omp_get_max_threads() == 8 and torch.get_num_threads() == 8
         set_compute_threads(2, 2)  # one count for the two
         assert faiss.omp_get_max_threads() == 2
+
+        # OpenMP counts are per thread: a question searched on another thread (as a server's are)
+        # still runs FAISS with the count set here, not OpenMP's default of every core
+        monkeypatch.setattr("threatqa.index._question_threads", 0)  # restored after the test
+        set_compute_threads(3, 3)
+        seen: list[int] = []
+
+        def search() -> None:
+            engine.index.dense_search(np.zeros((1, engine.index.manifest.dimension), np.float32), 1)
+            seen.append(faiss.omp_get_max_threads())
+
+        thread = threading.Thread(target=search)
+        thread.start()
+        thread.join()
+        assert seen == [3]

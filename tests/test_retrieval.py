@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from threatqa.config import Settings
 from threatqa.engine import Engine
 from threatqa.index import open_index
+from threatqa.retrieval import _Read
 
 GOLD = [json.loads(line) for line in (Path(__file__).parent / "data" / "gold_questions.jsonl").read_text().splitlines()]
 OFF_TOPIC = ["Who won the football match last night?", "banana bread recipe", "What is the boiling point of water?"]
@@ -61,6 +64,36 @@ def test_hybrid_mode_runs_dense_and_bm25(hybrid: Engine) -> None:
     assert all(p.dense_score is not None for p in answer.passages)
     assert any(p.lexical_score is not None for p in answer.passages)
     assert _rank(answer, GOLD[0]["evidence"]) is not None
+
+
+def test_hybrid_answers_do_not_depend_on_which_side_finishes_first(
+    hybrid: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    retriever = hybrid._live.retriever
+    lexical_search, dense, covered = retriever.index.lexical.search, retriever._dense, _Read.covered
+    calls: list[int] = []
+    monkeypatch.setattr(_Read, "covered", lambda self, *args: (calls.append(1), covered(self, *args))[1])
+
+    def run() -> list[list[tuple]]:
+        calls.clear()
+        return [
+            [
+                (h.chunk.id, h.score, h.relevance, h.lexical_score, h.dense_score)
+                for h in retriever.search(item["q"], 5).hits
+            ]
+            for item in GOLD
+        ]
+
+    def slow(function: Callable) -> Callable:
+        return lambda *args: (time.sleep(0.02), function(*args))[1]
+
+    monkeypatch.setattr(retriever, "_dense", slow(dense))
+    lexical_first = run()
+    assert len(calls) == len(GOLD)  # passages read and covered once, when the hits are collected
+    monkeypatch.setattr(retriever, "_dense", dense)
+    monkeypatch.setattr(retriever.index.lexical, "search", slow(lexical_search))
+    assert run() == lexical_first
+    assert len(calls) == 2 * len(GOLD)  # the best dense passages were read while the lexical side ran
 
 
 def test_dense_search_matches_brute_force(hybrid: Engine) -> None:

@@ -201,6 +201,7 @@ class Index:
         """Scores and rows of the k nearest passages, only among mask's rows when a mask is given."""
         import faiss
 
+        _use_threads(_question_threads)
         params = None
         if mask is not None:
             selector = faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64))
@@ -310,33 +311,53 @@ def check_model(manifest: Manifest, model: str, dimension: int | None = None) ->
 # --------------------------------------------------------------------------------------- build
 
 
+# FAISS threads per question (0: OpenMP's default). An OpenMP thread count belongs to the thread
+# that sets it, and questions are searched on whichever thread the server gives them, so each
+# search applies it (Index.dense_search); without that, every thread but the one that set it ran
+# FAISS on all cores.
+_question_threads = 0
+
+
 def set_compute_threads(threads: int, torch_threads: int | None = None) -> None:
-    """CPU threads FAISS (OpenMP) and PyTorch, when loaded, may use per call; both settings are process-wide.
+    """CPU threads FAISS (OpenMP) and PyTorch, when loaded, use for a question, process-wide.
 
     A server answers `workers` questions at once: FAISS (and ONNX Runtime, whose query session is
     made with its own count) do best with one thread each on a 2-core machine, PyTorch with every
-    core (benchmarks/threads.py). PyTorch and FAISS share one OpenMP runtime, hence one count:
-    when PyTorch is loaded, FAISS gets PyTorch's."""
-    import faiss
-
+    core (benchmarks/threads.py). PyTorch and FAISS share one OpenMP runtime, which PyTorch sets to
+    its count in each thread it runs on, hence one count: when PyTorch is loaded, FAISS gets PyTorch's."""
+    global _question_threads
     if (torch := sys.modules.get("torch")) is not None:
         threads = torch_threads or threads
         torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    _question_threads = threads
+    _use_threads(threads)
+
+
+def _use_threads(threads: int) -> None:
+    """FAISS on this thread uses `threads` threads (0: leave it as it is)."""
+    import faiss
+
+    if threads and faiss.omp_get_max_threads() != threads:
+        faiss.omp_set_num_threads(threads)
 
 
 @contextlib.contextmanager
 def compute_threads(threads: int) -> Iterator[None]:
-    """The block runs with `threads` compute threads (an index build uses every core); restored after."""
+    """The block runs with `threads` compute threads (an index build uses every core); restored after.
+    FAISS's count is this thread's, so questions answered meanwhile on other threads keep theirs."""
     import faiss
 
     torch = sys.modules.get("torch")
     before = faiss.omp_get_max_threads(), torch.get_num_threads() if torch is not None else None
-    set_compute_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    _use_threads(threads)
     try:
         yield
     finally:
-        set_compute_threads(*before)
+        if torch is not None and before[1] is not None:
+            torch.set_num_threads(before[1])
+        _use_threads(before[0])
 
 
 def build_index(

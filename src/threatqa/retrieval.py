@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 RRF_K = 60  # the constant of Cormack et al. (2009); insensitive in practice
 RERANK_POOL = 20  # fused candidates the cross-encoder sees
 
-# The dense side of a question (embedding + FAISS, both outside the GIL) runs on this pool while
-# the lexical side runs on the caller's thread; shared by all retrievers of the process.
-_DENSE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="threatqa-dense")
+# The lexical side of a question runs on this pool while the dense side (embedding + FAISS, both
+# outside the GIL) runs on the caller's thread: the dense side is usually the longer, so it starts
+# at once and its end wakes nobody. Shared by all retrievers of the process.
+_LEXICAL_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="threatqa-lexical")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
@@ -56,6 +57,24 @@ class Retrieval:
     answered: bool
     mode: str
     notices: tuple[str, ...] = ()
+
+
+@dataclass
+class _Read:
+    """What one search has read so far, by row: passages from the store, and their coverage."""
+
+    passages: dict[int, Chunk] = field(default_factory=dict)
+    coverage: dict[int, float] = field(default_factory=dict)
+
+    def chunks(self, index: Index, rows: list[int]) -> list[Chunk]:
+        missing = [row for row in rows if row not in self.passages]
+        self.passages.update(zip(missing, index.chunks(missing)))
+        return [self.passages[row] for row in rows]
+
+    def covered(self, index: Index, question: str, rows: list[int]) -> list[float]:
+        missing = [row for row in rows if row not in self.coverage]
+        self.coverage.update(zip(missing, index.lexical.coverage(question, missing)))
+        return [self.coverage[row] for row in rows]
 
 
 def clean_question(question: str, max_chars: int) -> tuple[str, list[str]]:
@@ -103,10 +122,19 @@ class Retriever:
         mask = self._mask(documents)
         if mask is not None and not mask.any():
             return Retrieval(text, (), False, self.mode, (*notices, "none of the chosen documents is indexed"))
-        pool = max(self.candidates, k * 4)
-        dense = _DENSE_POOL.submit(self._dense, text, pool, mask) if self.embedder is not None else None
-        lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
-        dense_rows, dense_scores = dense.result() if dense is not None else self._dense(text, pool, mask)
+        pool, read = max(self.candidates, k * 4), _Read()
+        if self.embedder is None:
+            lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
+            dense_rows, dense_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        else:
+            lexical = _LEXICAL_POOL.submit(self.index.lexical.search, text, pool, mask)
+            try:
+                dense_rows, dense_scores = self._dense(text, pool, mask)
+                if not lexical.done():  # meanwhile, read the best dense passages: most answers are among them
+                    read.chunks(self.index, best := dense_rows[: 2 * k].tolist())
+                    read.covered(self.index, text, best)
+            finally:
+                lex_rows, lex_scores = lexical.result()
         if not len(lex_rows) and not len(dense_rows):
             no_words = not word_tokens(text)
             notices.append("no searchable words in the question (only stopwords or symbols)" if no_words
@@ -114,7 +142,7 @@ class Retriever:
             return Retrieval(text, (), False, self.mode, tuple(notices))
         ranked = self._fuse(lex_rows, lex_scores, dense_rows, dense_scores)
         hits = self._collect(text, ranked, dict(zip(lex_rows.tolist(), lex_scores.tolist())),
-                             dict(zip(dense_rows.tolist(), dense_scores.tolist())), k)  # fmt: skip
+                             dict(zip(dense_rows.tolist(), dense_scores.tolist())), k, read)  # fmt: skip
         answered = self._answered(hits)
         if answered:  # passages that share no term with the question and are not dense matches are noise
             hits = [h for h in hits if h.relevance > 0 or (h.dense_score or -1.0) >= self.min_dense_score]
@@ -129,9 +157,8 @@ class Retriever:
         return mask
 
     def _dense(self, text: str, pool: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
         if self.embedder is None or self.index.dense is None:
-            return empty
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         scores, rows = self.index.dense_search(self.embedder.encode_query(text), pool, mask)
         keep = rows[0] >= 0
         return rows[0][keep].astype(np.int64), scores[0][keep]
@@ -151,12 +178,18 @@ class Retriever:
         return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
     def _collect(
-        self, text: str, ranked: list[tuple[int, float]], lexical: dict[int, float], dense: dict[int, float], k: int
+        self,
+        text: str,
+        ranked: list[tuple[int, float]],
+        lexical: dict[int, float],
+        dense: dict[int, float],
+        k: int,
+        read: _Read,
     ) -> list[Hit]:
         """Re-rank (when configured), drop passages overlapping a better one, keep k."""
         rerank: dict[int, float] = {}
         if self.reranker is not None:
-            pool = list(zip(ranked[:RERANK_POOL], self.index.chunks([row for row, _ in ranked[:RERANK_POOL]])))
+            pool = list(zip(ranked[:RERANK_POOL], read.chunks(self.index, [row for row, _ in ranked[:RERANK_POOL]])))
             scores = self.reranker.predict([(text, chunk.text) for _, chunk in pool], show_progress_bar=False)
             rerank = {row: float(s) for ((row, _), _), s in zip(pool, scores)}
             ranked = sorted(ranked[:RERANK_POOL], key=lambda item: -rerank[item[0]]) + ranked[RERANK_POOL:]
@@ -164,7 +197,7 @@ class Retriever:
         batch = 2 * k  # passages are read from the store a batch at a time, as far as the overlaps need
         for start in range(0, len(ranked), batch):
             part = ranked[start : start + batch]
-            for (row, score), chunk in zip(part, self.index.chunks([row for row, _ in part])):
+            for (row, score), chunk in zip(part, read.chunks(self.index, [row for row, _ in part])):
                 if any(c.doc_id == chunk.doc_id and c.start < chunk.end and chunk.start < c.end for *_, c in chosen):
                     continue
                 chosen.append((row, rerank.get(row, score), chunk))
@@ -172,7 +205,7 @@ class Retriever:
                     break
             if len(chosen) == k:
                 break
-        coverage = self.index.lexical.coverage(text, [row for row, _, _ in chosen])
+        coverage = read.covered(self.index, text, [row for row, _, _ in chosen])
         return [
             Hit(chunk, rank, float(score), float(cov), lexical.get(row), dense.get(row), rerank.get(row))
             for rank, ((row, score, chunk), cov) in enumerate(zip(chosen, coverage), start=1)
