@@ -86,6 +86,21 @@ def time_calls(fn: Callable[[object], object], inputs: list[object], warmup: int
     return samples
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[object], object]], inputs: list[object], rounds: int = 3
+) -> dict[str, list[float]]:
+    """Milliseconds of each fn(x), called in turn on each input, `rounds` times over: every fn sees
+    the machine in the same state, so their ratios hold even when the machine's speed drifts."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for x in inputs:
+            for name, fn in fns.items():
+                t = time.perf_counter()
+                fn(x)
+                samples[name].append((time.perf_counter() - t) * 1000)
+    return samples
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB.
 

@@ -10,7 +10,9 @@ bare (one query embedding + one FAISS search), the lexical search alone, `Retrie
 search + answer (the cited answer as `Engine.ask` builds it: the issue's "embedding + search +
 fusion + formatting"), `Engine.ask` (plus the audit record) and POST /api/ask through FastAPI's
 TestClient. Each is timed after a pass over other questions (a running server has the index
-files' pages mapped in; nothing caches answers). --keep DIR keeps the built corpora for reruns.
+files' pages mapped in; nothing caches answers). The goal's two sides, bare and search + answer,
+are timed in turn on each question, three rounds over, so their ratio compares like with like
+even when the machine's speed drifts. --keep DIR keeps the built corpora for reruns.
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import clustered_vectors, folder_mb, passages, peak_rss_mb, percentiles, squad_questions, table, time_calls
+from common import (
+    clustered_vectors,
+    folder_mb,
+    passages,
+    peak_rss_mb,
+    percentiles,
+    squad_questions,
+    table,
+    time_calls,
+    time_interleaved,
+)
 from embed import MODELS
 from models import build_model
 
@@ -80,17 +92,20 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
     questions = squad_questions()[:queries]
     for question in squad_questions()[queries : 2 * queries]:  # other questions first: a running server has
         retriever.search(question, 5)  # the index files' pages mapped in; no answer is cached anywhere
-    result = {"start_s": start_s, "index": type(index.dense).__name__}
-    result["bare"] = percentiles(time_calls(lambda q: index.dense.search(embedder.encode_query(q), 10), questions))
-    result["embed"] = percentiles(time_calls(embedder.encode_query, questions))
-    result["lexical"] = percentiles(time_calls(lambda q: index.lexical.search(q, 50), questions))
-    result["search"] = percentiles(time_calls(lambda q: retriever.search(q, 5), questions))
+    result: dict[str, object] = {"start_s": start_s, "index": type(index.dense).__name__}
 
     def answer(question: str) -> object:  # search, then the cited answer, as Engine.ask makes it (no audit)
         found = retriever.search(question, 5)
         return build_answer(found.question, found, engine._live.documents, index.version, index.manifest.model, ())
 
-    result["answer"] = percentiles(time_calls(answer, questions))
+    # the goal's two sides, timed in turn on each question, so they see the machine in the same state
+    pair = time_interleaved(
+        {"bare": lambda q: index.dense.search(embedder.encode_query(q), 10), "answer": answer}, questions
+    )
+    result.update({name: percentiles(samples) for name, samples in pair.items()})
+    result["embed"] = percentiles(time_calls(embedder.encode_query, questions))
+    result["lexical"] = percentiles(time_calls(lambda q: index.lexical.search(q, 50), questions))
+    result["search"] = percentiles(time_calls(lambda q: retriever.search(q, 5), questions))
     result["ask"] = percentiles(time_calls(lambda q: engine.ask(q), questions))
     client = TestClient(create_app(settings, engine))
     result["api"] = percentiles(time_calls(lambda q: client.post("/api/ask", json={"question": q}), questions))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from threatqa.chunking import paragraphs, sentences
-from threatqa.lexical import _CHARS, K1, SENTENCE_WEIGHT, B, LexicalIndex, word_tokens
+from threatqa.lexical import _CHARS, K1, SENTENCE_WEIGHT, B, LexicalIndex, _ngram_counts, word_tokens
 
 TEXTS = [
     "Organised crime groups launder money through cash-intensive businesses. Couriers move cash abroad.",
@@ -91,10 +91,20 @@ def test_char_view_equals_bm25_of_character_ngrams_in_passages_and_best_sentence
     sentence_scores = iter(_char_bm25([s for t in TEXTS for s in _sentence_texts(t)], question))
     best = [max(next(sentence_scores) for _ in _sentence_texts(t)) for t in TEXTS]
     query = _CHARS.transform([question]).toarray().ravel().astype(np.float32)
+    reads = bytearray(10)  # grown as needed, and reused
     for rows in (np.arange(len(TEXTS)), np.array([1, 2, 6])):  # every passage; some, not adjacent on disk
-        passage, sentence = index.chars.scores(query, index.sentence_starts[rows], index.sentence_ends[rows])
+        passage, sentence = index.chars.scores(query, index.sentence_starts[rows], index.sentence_ends[rows], reads)
         np.testing.assert_allclose(passage, _char_bm25(TEXTS, question)[rows], rtol=1e-5)
         np.testing.assert_allclose(sentence, np.array(best)[rows], rtol=1e-5)
+
+
+@pytest.mark.parametrize("text", [*TEXTS, *QUESTIONS, "Ärzte naïve café – São Paulo 東京 x", "?!", "aaaaaa aaaaaa"])
+def test_question_ngrams_are_counted_as_the_index_counts_them(text: str) -> None:
+    expected = _CHARS.transform([text])
+    expected.sort_indices()
+    hashes, counts = _ngram_counts(text)
+    np.testing.assert_array_equal(hashes, expected.indices)
+    np.testing.assert_array_equal(counts, expected.data)
 
 
 def test_search_ranks_by_both_views_and_respects_the_mask(index: LexicalIndex) -> None:

@@ -34,6 +34,7 @@ import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 from scipy import sparse
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer, HashingVectorizer
+from sklearn.utils import murmurhash3_32
 
 from threatqa.chunking import Span, paragraphs, sentences
 
@@ -74,6 +75,18 @@ _CHARS = HashingVectorizer(
     analyzer="char_wb", ngram_range=CHAR_NGRAMS, n_features=2**HASH_BITS, alternate_sign=False, norm=None,
     preprocessor=_words_only, dtype=np.float32,
 )  # fmt: skip
+
+
+_CHAR_ANALYZER = _CHARS.build_analyzer()
+
+
+def _ngram_counts(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """The character n-gram hashes of one text and their counts, as `_CHARS.transform` gives them
+    (the absolute signed MurmurHash3 of each n-gram, modulo the number of buckets) without its
+    per-call overhead, which is most of the cost for one question."""
+    grams = _CHAR_ANALYZER(text)
+    hashes = np.fromiter((murmurhash3_32(gram, 0) for gram in grams), np.int64, len(grams))
+    return np.unique(np.abs(hashes) % _CHARS.n_features, return_counts=True)
 
 
 def _idf(df: np.ndarray | int, n: int) -> np.ndarray:
@@ -281,17 +294,26 @@ class CharView:
             raise ValueError(f"{file.name} does not hold the {int(indptr[-1])} entries its index says")
         return cls(file, indptr)
 
-    def scores(self, query: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def scores(
+        self, query: np.ndarray, firsts: np.ndarray, lasts: np.ndarray, buffer: bytearray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """For passages whose sentences are firsts[i] .. lasts[i] - 1 (ascending): the BM25 of the
         question's character n-grams (query: its count per n-gram hash) in each passage and in its
-        best sentence."""
+        best sentence. The rows are read into buffer (grown as needed), reused from query to query:
+        a fresh one would cost a page fault per 4 KB."""
         starts, ends = self.indptr[firsts], self.indptr[lasts]
         cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1  # where the next passage is not adjacent on disk
         first, last = starts[np.r_[0, cut]].tolist(), ends[np.r_[cut - 1, len(firsts) - 1]].tolist()
-        size, fd = ENTRY.itemsize, self.file.fileno()
-        entries = np.frombuffer(b"".join([os.pread(fd, (z - a) * size, a * size) for a, z in zip(first, last)]), ENTRY)
-        if len(entries) != int((ends - starts).sum()):
+        size, fd, total = ENTRY.itemsize, self.file.fileno(), int((ends - starts).sum())
+        if len(buffer) < total * size:
+            buffer.extend(bytes(total * size - len(buffer)))
+        with memoryview(buffer) as view:
+            done = 0
+            for a, z in zip(first, last):
+                done += os.preadv(fd, [view[done : done + (z - a) * size]], a * size)
+        if done != total * size:
             raise OSError(f"{self.file.name}: short read")
+        entries = np.frombuffer(buffer, ENTRY, count=total)
         counts = query[entries["ngram"]]
         sentences = _ranges(firsts, lasts)
         in_sentences = _segment_sums(entries["sentence"] * counts, self.indptr[sentences + 1] - self.indptr[sentences])
@@ -310,11 +332,12 @@ class _Scratch:
     touched: np.ndarray  # bool per passage
     sentences: np.ndarray  # float32 per sentence
     ngrams: np.ndarray  # float32 per n-gram hash: the question's count
+    reads: bytearray  # where the character view reads its rows
 
     @classmethod
     def create(cls, passages: int, sentences: int) -> _Scratch:
         return cls(np.zeros(passages, np.float32), np.zeros(passages, np.float32), np.zeros(passages, bool),
-                   np.zeros(sentences, np.float32), np.zeros(_CHARS.n_features, np.float32))  # fmt: skip
+                   np.zeros(sentences, np.float32), np.zeros(_CHARS.n_features, np.float32), bytearray())  # fmt: skip
 
 
 def _sentences(texts: Iterable[str], counts: np.ndarray | None = None) -> Iterator[str]:
@@ -413,13 +436,15 @@ class LexicalIndex:
             rows, word = rows[order], word[order]
         if not len(rows):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        ngrams = _CHARS.transform([question])
-        scratch.ngrams[ngrams.indices] = ngrams.data
+        ngrams, counts = _ngram_counts(question)
+        scratch.ngrams[ngrams] = counts
         try:
-            passage, sentence = self.chars.scores(scratch.ngrams, self.sentence_starts[rows], self.sentence_ends[rows])
+            passage, sentence = self.chars.scores(
+                scratch.ngrams, self.sentence_starts[rows], self.sentence_ends[rows], scratch.reads
+            )
             char = passage + SENTENCE_WEIGHT * sentence
         finally:
-            scratch.ngrams[ngrams.indices] = 0.0
+            scratch.ngrams[ngrams] = 0.0
         combined = _scaled(word) + _scaled(char)
         keep = combined > 0
         rows, combined = rows[keep], combined[keep]

@@ -9,6 +9,7 @@ IDF-weighted terms that the passage contains, and the cosine similarity of the d
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -76,6 +77,14 @@ class _Read:
         self.coverage.update(zip(missing, index.lexical.coverage(question, missing)))
         return [self.coverage[row] for row in rows]
 
+    def prefetch(self, index: Index, question: str, rows: list[int]) -> None:
+        self.chunks(index, rows)
+        self.covered(index, question, rows)
+
+    def update(self, other: _Read) -> None:
+        self.passages.update(other.passages)
+        self.coverage.update(other.coverage)
+
 
 def clean_question(question: str, max_chars: int) -> tuple[str, list[str]]:
     """Normalise a question for search; returns it with notices about what was changed."""
@@ -127,14 +136,19 @@ class Retriever:
             lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
             dense_rows, dense_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         else:
-            lexical = _LEXICAL_POOL.submit(self.index.lexical.search, text, pool, mask)
+            # whichever side finishes first reads its best passages while the other runs: most answers
+            # are among them
+            dense_done = threading.Event()
+            lexical = _LEXICAL_POOL.submit(self._lexical, text, pool, mask, 2 * k, dense_done)
             try:
                 dense_rows, dense_scores = self._dense(text, pool, mask)
-                if not lexical.done():  # meanwhile, read the best dense passages: most answers are among them
-                    read.chunks(self.index, best := dense_rows[: 2 * k].tolist())
-                    read.covered(self.index, text, best)
+                dense_done.set()
+                if not lexical.done():
+                    read.prefetch(self.index, text, dense_rows[: 2 * k].tolist())
             finally:
-                lex_rows, lex_scores = lexical.result()
+                dense_done.set()
+                lex_rows, lex_scores, lexical_read = lexical.result()
+            read.update(lexical_read)
         if not len(lex_rows) and not len(dense_rows):
             no_words = not word_tokens(text)
             notices.append("no searchable words in the question (only stopwords or symbols)" if no_words
@@ -155,6 +169,15 @@ class Retriever:
         mask = np.zeros(len(self.index), dtype=bool)
         mask[self.index.rows_for_documents(documents)] = True
         return mask
+
+    def _lexical(
+        self, text: str, pool: int, mask: np.ndarray | None, best: int, dense_done: threading.Event
+    ) -> tuple[np.ndarray, np.ndarray, _Read]:
+        rows, scores = self.index.lexical.search(text, pool, mask)
+        read = _Read()
+        if not dense_done.is_set():
+            read.prefetch(self.index, text, rows[:best].tolist())
+        return rows, scores, read
 
     def _dense(self, text: str, pool: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self.embedder is None or self.index.dense is None:
