@@ -20,6 +20,7 @@ corpus in memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -60,8 +61,13 @@ _BRITISH_ISE = re.compile(r"^(\w{3,})is(e|ed|es|ing|er|ers|ation|ations)$")
 
 def word_tokens(text: str) -> list[str]:
     """Lower-cased, stopword-free, spelling-normalised, Snowball-stemmed word tokens."""
-    words = [_BRITISH_ISE.sub(r"\1iz\2", t) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS]
-    return _STEMMER.stemWords(words)
+    return [_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS]
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _stem(word: str) -> str:
+    """A lower-case word's stem, after folding British -ise spellings (each distinct word once)."""
+    return _STEMMER.stemWord(_BRITISH_ISE.sub(r"\1iz\2", word))
 
 
 def _words_only(text: str) -> str:
@@ -80,13 +86,38 @@ _CHARS = HashingVectorizer(
 _CHAR_ANALYZER = _CHARS.build_analyzer()
 
 
+@functools.lru_cache(maxsize=1 << 18)
+def _word_ngrams(word: str) -> np.ndarray:
+    """The hashes of one word's character n-grams (repeats kept), as `_CHARS` hashes them: the
+    absolute signed MurmurHash3 of each n-gram, modulo the number of buckets. char_wb n-grams never
+    cross words, so a text's n-grams are its words', and each distinct word is hashed once."""
+    grams = _CHAR_ANALYZER(word)
+    return (
+        np.abs(np.fromiter((murmurhash3_32(g, 0) for g in grams), np.int64, len(grams))) % _CHARS.n_features
+    ).astype(np.int32)
+
+
+def _char_counts(texts: Iterable[str]) -> sparse.csr_matrix:
+    """What `_CHARS.transform(texts)` gives (n-gram counts, texts by hash), from the words' cached hashes."""
+    hashes: list[np.ndarray] = []
+    sizes: list[int] = []
+    for text in texts:
+        words = [_word_ngrams(word) for word in _words_only(text).split()]
+        hashes.extend(words)
+        sizes.append(sum(len(w) for w in words))
+    columns = np.concatenate(hashes) if hashes else np.zeros(0, np.int32)
+    rows = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    counts = sparse.csr_matrix(
+        (np.ones(len(columns), np.float32), (rows, columns)), shape=(len(sizes), _CHARS.n_features)
+    )
+    counts.sum_duplicates()
+    return counts
+
+
 def _ngram_counts(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """The character n-gram hashes of one text and their counts, as `_CHARS.transform` gives them
-    (the absolute signed MurmurHash3 of each n-gram, modulo the number of buckets) without its
-    per-call overhead, which is most of the cost for one question."""
-    grams = _CHAR_ANALYZER(text)
-    hashes = np.fromiter((murmurhash3_32(gram, 0) for gram in grams), np.int64, len(grams))
-    return np.unique(np.abs(hashes) % _CHARS.n_features, return_counts=True)
+    """The character n-gram hashes of one text (a question) and their counts."""
+    counts = _char_counts([text])
+    return counts.indices, counts.data
 
 
 def _idf(df: np.ndarray | int, n: int) -> np.ndarray:
@@ -388,7 +419,7 @@ class LexicalIndex:
         del sentence_counts
         chars = _CharWriter(folder)
         for first in range(0, len(texts), BATCH):
-            chars.add(_CHARS.transform(_sentences(texts[first : first + BATCH])), per_passage[first : first + BATCH])
+            chars.add(_char_counts(_sentences(texts[first : first + BATCH])), per_passage[first : first + BATCH])
         chars.finish()
         np.save(folder / "sentence_starts.npy", (np.cumsum(per_passage) - per_passage).astype(np.int64))
         vocabulary = {term: int(column) for term, column in vectorizer.vocabulary_.items()}
