@@ -86,6 +86,18 @@ def time_calls(fn: Callable[[object], object], inputs: list[object], warmup: int
     return samples
 
 
+def read_through(folder: Path) -> float:
+    """Reads every file under folder once (into the page cache, where a running server's index is);
+    returns the seconds it took."""
+    t = time.perf_counter()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with path.open("rb", buffering=0) as f:
+                while f.read(8 << 20):
+                    pass
+    return time.perf_counter() - t
+
+
 def time_interleaved(
     fns: dict[str, Callable[[object], object]], inputs: list[object], rounds: int = 3
 ) -> dict[str, list[float]]:

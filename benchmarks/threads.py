@@ -74,7 +74,7 @@ def main() -> None:
                 engine = Engine.start(settings, build="missing", log=lambda m: None)
                 for clients in args.clients:
                     rate, p50, p95 = hammer(engine, clients, args.seconds)
-                    chosen = default.torch_threads() if backend == "torch" else default.question_threads()
+                    chosen = default.question_threads()
                     label = f"{threads} (threatqa default)" if threads == chosen else str(threads)
                     rows.append([backend, label, clients, rate, p50, p95])
         set_compute_threads(cores)

@@ -120,8 +120,7 @@ def test_compute_threads_per_question_and_for_builds(
         monkeypatch.setattr("os.cpu_count", lambda: 8)
         assert Settings.load(workers=2).question_threads() == 4
         assert Settings.load(workers=16).question_threads() == 1
-        assert Settings.load(workers=2).torch_threads() == 8
-        assert Settings.load(workers=2, threads=3).question_threads() == 3 == Settings.load(threads=3).torch_threads()
+        assert Settings.load(workers=2, threads=3).question_threads() == 3
 
         docs = tmp_path / "docs"
         docs.mkdir()
@@ -129,18 +128,16 @@ def test_compute_threads_per_question_and_for_builds(
         settings = Settings.load(docs=docs, index=tmp_path / "index", audit=tmp_path / "a.sqlite3",
                                  model=str(tiny_model), workers=4)  # fmt: skip
         engine = Engine.start(settings, build="missing", log=lambda m: None)
-        # PyTorch keeps every core; FAISS shares its OpenMP runtime, so it has the same count
-        assert faiss.omp_get_max_threads() == 8 and torch.get_num_threads() == 8
-        with compute_threads(6):
+        # 8 cores for 4 workers: 2 threads a question, in PyTorch and in FAISS (which shares its OpenMP)
+        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
+        with compute_threads(6):  # a build uses every core, then gives them back
             assert faiss.omp_get_max_threads() == 6 and torch.get_num_threads() == 6
-        assert faiss.omp_get_max_threads() == 8 and torch.get_num_threads() == 8
-        set_compute_threads(2, 2)  # one count for the two
-        assert faiss.omp_get_max_threads() == 2
+        assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
 
         # OpenMP counts are per thread: a question searched on another thread (as a server's are)
         # still runs FAISS with the count set here, not OpenMP's default of every core
         monkeypatch.setattr("threatqa.index._question_threads", 0)  # restored after the test
-        set_compute_threads(3, 3)
+        set_compute_threads(3)
         seen: list[int] = []
 
         def search() -> None:

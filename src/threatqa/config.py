@@ -116,9 +116,8 @@ class Settings(BaseSettings):
     workers: int = Field(2, description="Questions answered at the same time.", ge=1, le=64)
     threads: int = Field(
         0,
-        description="CPU threads one question may use (PyTorch, ONNX Runtime, FAISS). 0: measured defaults "
-        "(benchmarks/threads.py): ONNX Runtime and FAISS get the cores divided by workers, at least 1; "
-        "PyTorch (and FAISS beside it, which shares its OpenMP) keeps every core.",
+        description="CPU threads one question may use (PyTorch, ONNX Runtime, FAISS). 0: the cores divided "
+        "by workers, at least 1 (measured best under concurrent questions: benchmarks/threads.py).",
         ge=0,
         le=256,
     )
@@ -129,12 +128,8 @@ class Settings(BaseSettings):
     )
 
     def question_threads(self) -> int:
-        """Threads of one question in ONNX Runtime and FAISS."""
+        """Threads of one question in PyTorch, ONNX Runtime and FAISS."""
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
-
-    def torch_threads(self) -> int:
-        """Threads of one question in PyTorch (which measured faster with every core, even at 4 at once)."""
-        return self.threads or (os.cpu_count() or 1)
 
     def allowed_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

@@ -103,7 +103,7 @@ class Engine:
             except ModelUnavailable as exc:
                 note(f"re-ranking skipped: {exc}")
         retriever = _retriever(settings, index, embedder, reranker)
-        set_compute_threads(settings.question_threads(), settings.torch_threads())
+        set_compute_threads(settings.question_threads())
         return cls(settings, retriever, notices, embedder)
 
     @property

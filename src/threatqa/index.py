@@ -318,16 +318,15 @@ def check_model(manifest: Manifest, model: str, dimension: int | None = None) ->
 _question_threads = 0
 
 
-def set_compute_threads(threads: int, torch_threads: int | None = None) -> None:
+def set_compute_threads(threads: int) -> None:
     """CPU threads FAISS (OpenMP) and PyTorch, when loaded, use for a question, process-wide.
 
-    A server answers `workers` questions at once: FAISS (and ONNX Runtime, whose query session is
-    made with its own count) do best with one thread each on a 2-core machine, PyTorch with every
-    core (benchmarks/threads.py). PyTorch and FAISS share one OpenMP runtime, which PyTorch sets to
-    its count in each thread it runs on, hence one count: when PyTorch is loaded, FAISS gets PyTorch's."""
+    A server answers `workers` questions at once: PyTorch, FAISS (and ONNX Runtime, whose query
+    session is made with its own count) do best with one thread each on a 2-core machine at two
+    questions at once (benchmarks/threads.py). PyTorch and FAISS share one OpenMP runtime, which
+    PyTorch sets to its count in each thread it runs on, hence one count for the two."""
     global _question_threads
     if (torch := sys.modules.get("torch")) is not None:
-        threads = torch_threads or threads
         torch.set_num_threads(threads)
     _question_threads = threads
     _use_threads(threads)

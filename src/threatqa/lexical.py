@@ -9,13 +9,14 @@ over plain BM25 on whole paragraphs:
 - the two views are combined after scaling each by its best score (CombSUM of max-normalised
   scores), which keeps each view's score gaps where rank fusion would flatten them.
 
-Both views are BM25 (Lucene's variant) over a sparse count matrix made by scikit-learn's
-vectorizers: `CountVectorizer` with our word analyzer, `HashingVectorizer` for character n-grams.
-The word view is stored by term (CSC: one posting list per stem, memory-mapped), so a question
-reads only the postings of its own terms, for passages and sentences alike. The character view,
-ten times larger, is stored by passage and read with `os.pread` for the word view's best
-candidates only. Both are built a batch at a time, so neither building nor serving holds a large
-corpus in memory.
+Both views are BM25 (Lucene's variant) over sparse counts: scikit-learn's `CountVectorizer` with
+our word analyzer, and the n-grams and hashes of its `HashingVectorizer` for characters (each
+distinct word stemmed and hashed once). The word view is stored by term (CSC: one posting list
+per stem, memory-mapped), so a question reads only the postings of its own terms, for passages
+and sentences alike. The character view, ten times larger, is stored by sentence, with each
+n-gram's weight in the sentence and its share of the passage's, and read with `os.pread` for the
+word view's best candidates only. Both are built a batch at a time, so neither building nor
+serving holds a large corpus in memory.
 """
 
 from __future__ import annotations
@@ -332,6 +333,8 @@ class CharView:
         question's character n-grams (query: its count per n-gram hash) in each passage and in its
         best sentence. The rows are read into buffer (grown as needed), reused from query to query:
         a fresh one would cost a page fault per 4 KB."""
+        if not len(firsts):
+            return np.zeros(0), np.zeros(0)
         starts, ends = self.indptr[firsts], self.indptr[lasts]
         cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1  # where the next passage is not adjacent on disk
         first, last = starts[np.r_[0, cut]].tolist(), ends[np.r_[cut - 1, len(firsts) - 1]].tolist()
