@@ -14,7 +14,7 @@ our word analyzer, and the n-grams and hashes of its `HashingVectorizer` for cha
 distinct word stemmed and hashed once). The word view is stored by term (CSC: one posting list
 per stem, memory-mapped), so a question reads only the postings of its own terms, for passages
 and sentences alike. The character view, ten times larger, is stored by sentence, with each
-n-gram's weight in the sentence and its share of the passage's, and read with `os.pread` for the
+n-gram's weight in the sentence and its share of the passage's, and read with `os.preadv` for the
 word view's best candidates only. Both are built a batch at a time, so neither building nor
 serving holds a large corpus in memory.
 """
@@ -212,13 +212,12 @@ def _sum_by_passage(counts: sparse.csr_matrix, per_passage: np.ndarray) -> spars
     return (summing @ counts).tocsr()
 
 
-def _at_pattern(pattern: sparse.csr_matrix, values: sparse.csr_matrix) -> np.ndarray:
-    """values' entries at each stored entry of pattern (all of which values has), in pattern's order."""
-    ones = pattern.copy()
-    ones.data = np.ones(len(ones.data), dtype=np.float32)
-    picked = ones.multiply(values).tocsr()
+def _at_pattern(present: sparse.csr_matrix, values: sparse.csr_matrix) -> np.ndarray:
+    """values' entries at each stored entry of present (a matrix of ones, all of whose entries values
+    has), in present's order."""
+    picked = present.multiply(values).tocsr()
     picked.sort_indices()
-    if not (np.array_equal(picked.indptr, pattern.indptr) and np.array_equal(picked.indices, pattern.indices)):
+    if not (np.array_equal(picked.indptr, present.indptr) and np.array_equal(picked.indices, present.indices)):
         raise AssertionError("a passage lacks an n-gram of one of its sentences")
     return picked.data
 
@@ -247,11 +246,11 @@ class _CharWriter:
         present = counts.copy()
         present.data = np.ones(len(present.data), dtype=np.float32)
         owner = np.repeat(np.arange(len(per_passage)), per_passage)
-        sharing = np.minimum(_at_pattern(counts, _sum_by_passage(present, per_passage)[owner]), MAX_SHARING)
+        sharing = np.minimum(_at_pattern(present, _sum_by_passage(present, per_passage)[owner]), MAX_SHARING)
         entries = np.empty(len(counts.data), dtype=self.COUNTS)
         entries["key"] = counts.indices.astype(np.uint32) | (sharing.astype(np.uint32) << HASH_BITS)
         entries["sentence"] = np.minimum(counts.data, MAX_COUNT)
-        entries["passage"] = np.minimum(_at_pattern(counts, passages[owner]), MAX_COUNT)
+        entries["passage"] = np.minimum(_at_pattern(present, passages[owner]), MAX_COUNT)
         entries.tofile(self.out)
         self.sizes.append(np.diff(counts.indptr))
         self.lengths.append(np.asarray(counts.sum(axis=1), dtype=np.float32).ravel())
@@ -307,7 +306,7 @@ class CharView:
     the sentence, and its BM25 weight in the passage divided by the number of the passage's
     sentences that have it (so the passage's own BM25 is a sum over its sentences' entries).
     A passage's sentences are adjacent, so a candidate is one read, and only the candidates' rows
-    are ever read: a query's cost does not grow with the corpus. They are read with `os.pread`
+    are ever read: a query's cost does not grow with the corpus. They are read with `os.preadv`
     rather than memory-mapped: this view is the largest part of the index (about 10 KB a passage),
     and mapped pages of it would count as the server's resident memory, growing with every
     candidate ever read."""

@@ -142,7 +142,7 @@ class Retriever:
             lexical = _LEXICAL_POOL.submit(self._lexical, text, pool, mask, 2 * k, dense_done)
             try:
                 dense_rows, dense_scores = self._dense(text, pool, mask)
-                dense_done.set()
+                dense_done.set()  # now, not after the reading below: the lexical side need not read too
                 if not lexical.done():
                     read.prefetch(self.index, text, dense_rows[: 2 * k].tolist())
             finally:
@@ -173,6 +173,7 @@ class Retriever:
     def _lexical(
         self, text: str, pool: int, mask: np.ndarray | None, best: int, dense_done: threading.Event
     ) -> tuple[np.ndarray, np.ndarray, _Read]:
+        """Lexical rows and scores, with the best rows' passages read when the dense side is still running."""
         rows, scores = self.index.lexical.search(text, pool, mask)
         read = _Read()
         if not dense_done.is_set():
