@@ -93,9 +93,10 @@ def _word_ngrams(word: str) -> np.ndarray:
     absolute signed MurmurHash3 of each n-gram, modulo the number of buckets. char_wb n-grams never
     cross words, so a text's n-grams are its words', and each distinct word is hashed once."""
     grams = _CHAR_ANALYZER(word)
-    return (
-        np.abs(np.fromiter((murmurhash3_32(g, 0) for g in grams), np.int64, len(grams))) % _CHARS.n_features
-    ).astype(np.int32)
+    hashes = np.abs(np.fromiter((murmurhash3_32(g, 0) for g in grams), np.int64, len(grams))) % _CHARS.n_features
+    hashes = hashes.astype(np.int32)
+    hashes.flags.writeable = False  # shared by every caller through the cache
+    return hashes
 
 
 def _char_counts(texts: Iterable[str]) -> sparse.csr_matrix:
