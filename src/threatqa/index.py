@@ -354,7 +354,7 @@ def compute_threads(threads: int) -> Iterator[None]:
     try:
         yield
     finally:
-        if torch is not None and before[1] is not None:
+        if torch is not None:
             torch.set_num_threads(before[1])
         _use_threads(before[0])
 

@@ -134,7 +134,7 @@ class Retriever:
         pool, read = max(self.candidates, k * 4), _Read()
         if self.embedder is None:
             lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
-            dense_rows, dense_scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            dense_rows, dense_scores = self._dense(text, pool, mask)  # none: there is no model
         else:
             # whichever side finishes first reads its best passages while the other runs: most answers
             # are among them
