@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +12,18 @@ import numpy as np
 import pytest
 
 from threatqa.chunking import paragraphs, sentences
-from threatqa.lexical import _CHARS, K1, SENTENCE_WEIGHT, B, LexicalIndex, _ngram_counts, word_tokens
+from threatqa.lexical import (
+    _CHARS,
+    ENTRY,
+    K1,
+    SENTENCE_WEIGHT,
+    B,
+    CharView,
+    LexicalIndex,
+    _kth_largest,
+    _ngram_counts,
+    word_tokens,
+)
 
 TEXTS = [
     "Organised crime groups launder money through cash-intensive businesses. Couriers move cash abroad.",
@@ -71,8 +83,31 @@ def test_word_view_equals_bm25_of_passage_plus_half_its_best_sentence(index: Lex
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert set(rows) == set(np.flatnonzero(expected))
     # the reused buffers are clean again for the next question
-    assert not scratch.passages.any() and not scratch.best_sentence.any() and not scratch.touched.any()
-    assert not scratch.sentences.any()
+    assert not scratch.scores.any() and not scratch.found.any()
+
+
+def test_word_view_keeps_the_best_rows_with_ties_to_the_lower_row(tmp_path: Path) -> None:
+    texts = ["cash couriers"] * 5 + ["cash"] * 4 + ["couriers move cash abroad"]  # many exact ties
+    index = LexicalIndex.build(texts, tmp_path / "ties")
+    scratch = index._take_scratch()
+    terms = index.terms("cash couriers")
+    rows, scores = index._word_scores(terms, scratch)
+    for keep in range(1, len(texts) + 1):
+        best = sorted(zip(-scores, rows))[:keep]  # best first, ties by row
+        kept_rows, kept = index._word_scores(terms, scratch, keep=keep)
+        assert kept_rows.tolist() == sorted(row for _, row in best)  # in row order
+        np.testing.assert_array_equal(kept, scores[np.isin(rows, kept_rows)])
+    mask = np.arange(len(texts)) % 2 == 0
+    assert index._word_scores(terms, scratch, mask=mask, keep=3)[0].tolist() == [0, 2, 4]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_kth_largest_is_the_kth_of_the_sorted_values(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 6 if seed % 2 else 1000, size=int(rng.integers(1, 300))).astype(np.float64)
+    ordered = np.sort(values)[::-1]
+    for k in {1, len(values), int(rng.integers(1, len(values) + 1))}:
+        assert _kth_largest(values, k) == ordered[k - 1]
 
 
 def _char_bm25(texts: list[str], question: str) -> np.ndarray:
@@ -90,12 +125,14 @@ def test_char_view_equals_bm25_of_character_ngrams_in_passages_and_best_sentence
 ) -> None:
     sentence_scores = iter(_char_bm25([s for t in TEXTS for s in _sentence_texts(t)], question))
     best = [max(next(sentence_scores) for _ in _sentence_texts(t)) for t in TEXTS]
-    query = _CHARS.transform([question]).toarray().ravel().astype(np.float32)
-    reads = bytearray(10)  # grown as needed, and reused
-    for rows in (np.arange(len(TEXTS)), np.array([1, 2, 6])):  # every passage; some, not adjacent on disk
+    query = _ngram_counts(question)
+    reads = np.zeros(index.largest, ENTRY)  # reused from read to read
+    for rows in (np.arange(len(TEXTS)), np.array([1, 2, 6]), np.array([6, 0])):  # all; some; out of file order
         passage, sentence = index.chars.scores(query, index.sentence_starts[rows], index.sentence_ends[rows], reads)
         np.testing.assert_allclose(passage, _char_bm25(TEXTS, question)[rows], rtol=1e-5)
         np.testing.assert_allclose(sentence, np.array(best)[rows], rtol=1e-5)
+    with pytest.raises(ValueError, match="too small"):
+        index.chars.scores(query, index.sentence_starts, index.sentence_ends, np.zeros(index.largest - 1, ENTRY))
 
 
 @pytest.mark.parametrize("text", [*TEXTS, *QUESTIONS, "Ärzte naïve café – São Paulo 東京 x", "?!", "aaaaaa aaaaaa"])
@@ -139,3 +176,11 @@ def test_empty_corpus_and_corpus_without_words(tmp_path: Path) -> None:
     assert empty.count == 0 and not len(empty.search("anything", 5)[0])
     wordless = LexicalIndex.build(["a b c", ""], tmp_path / "wordless")
     assert not len(wordless.search("cocaine", 5)[0])
+
+
+def test_a_character_file_cut_short_after_opening_is_an_error_not_a_wrong_answer(tmp_path: Path) -> None:
+    index = LexicalIndex.build(TEXTS, tmp_path / "bm25")
+    assert len(index.search("cocaine purity", 5)[0])
+    os.truncate(tmp_path / "bm25" / CharView.ENTRIES, 10)
+    with pytest.raises(OSError, match="short read"):
+        index.search("cocaine purity", 5)

@@ -88,6 +88,7 @@ class Engine:
                 report = index_folder(settings, embedder, log)
                 log(f"threatqa: {describe_build(report)}")
         index = open_index(settings.index)
+        index.lexical.warm_up()
         if index.has_dense and not tried:
             embedder = try_embedder(settings, note)
         elif not index.has_dense and not tried:

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ DENSE = "dense.faiss"
 VECTORS = "vectors.npy"
 BM25_DIR = "bm25"
 VERIFY_CHECKSUMS_BELOW = 256 * 1024 * 1024  # bytes; larger indexes are checked by size only at load
+_CHUNK_COLUMNS = ", ".join(f'"{f.name}"' for f in fields(Chunk))  # the chunks table has each, by name
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,11 @@ class Index:
         """Passages by row number (FAISS id), in the order asked."""
         if not rows:
             return []
-        marks = ",".join("?" * len(rows))
-        query = f"SELECT * FROM chunks WHERE row IN ({marks})"
-        found = {row["row"]: row for row in self._db().execute(query, [int(r) for r in rows])}
-        return [_chunk_from_row(found[r]) for r in rows]
+        cursor = self._db().cursor()
+        cursor.row_factory = None  # plain tuples, in Chunk's field order
+        query = f"SELECT row, {_CHUNK_COLUMNS} FROM chunks WHERE row IN ({','.join('?' * len(rows))})"
+        found = {row[0]: row[1:] for row in cursor.execute(query, [int(r) for r in rows])}
+        return [Chunk(*found[r]) for r in rows]
 
     def rows_for_documents(self, doc_ids_or_paths: list[str]) -> np.ndarray:
         """Row numbers of every passage of the given documents (ids or paths)."""
@@ -698,12 +700,4 @@ def _document_from_row(row: sqlite3.Row) -> Document:
     return Document(
         id=row["id"], path=row["path"], title=row["title"], sha256=row["sha256"], date=row["date"],
         text=row["text"], body_start=row["body_start"], pages=pages,
-    )  # fmt: skip
-
-
-def _chunk_from_row(row: sqlite3.Row) -> Chunk:
-    return Chunk(
-        id=row["id"], doc_id=row["doc_id"], ordinal=row["ordinal"], text=row["text"], start=row["start"],
-        end=row["end"], paragraph=row["paragraph"], paragraph_end=row["paragraph_end"],
-        line_start=row["line_start"], line_end=row["line_end"], page=row["page"], page_end=row["page_end"],
     )  # fmt: skip

@@ -34,6 +34,7 @@ from typing import BinaryIO
 import numpy as np
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
+from numba import njit, types
 from scipy import sparse
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer, HashingVectorizer
 from sklearn.utils import murmurhash3_32
@@ -55,6 +56,7 @@ MAX_COUNT, MAX_SHARING = 2**16 - 1, 2 ** (32 - HASH_BITS) - 1
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 _STOPWORDS = frozenset(STOPWORDS_EN) | frozenset(ENGLISH_STOP_WORDS)
 _STEMMER = Stemmer.Stemmer("english")
+_NO_MASK = np.zeros(0, dtype=bool)
 # British -ise spellings to -ize before stemming (Snowball stems "organised" and "organized"
 # differently); applied to documents and questions alike, so it can only merge variants.
 _BRITISH_ISE = re.compile(r"^(\w{3,})is(e|ed|es|ing|er|ers|ation|ations)$")
@@ -117,9 +119,12 @@ def _char_counts(texts: Iterable[str]) -> sparse.csr_matrix:
 
 
 def _ngram_counts(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """The character n-gram hashes of one text (a question) and their counts."""
-    counts = _char_counts([text])
-    return counts.indices, counts.data
+    """The character n-gram hashes of one text (a question), ascending, and their counts."""
+    words = [_word_ngrams(word) for word in _words_only(text).split()]
+    if not words:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    hashes, counts = np.unique(np.concatenate(words), return_counts=True)
+    return hashes, counts.astype(np.float32)
 
 
 def _idf(df: np.ndarray | int, n: int) -> np.ndarray:
@@ -142,16 +147,173 @@ def _scaled(scores: np.ndarray) -> np.ndarray:
     return scores / top if top > 0 else np.zeros(len(scores))
 
 
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """The concatenation of arange(s, e) for each pair, without a Python loop."""
-    lengths = ends - starts
-    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-    return offsets + np.arange(int(lengths.sum()), dtype=np.int64)
-
-
 def _open(path: Path) -> np.ndarray:
     """A saved array, memory-mapped (as a plain ndarray: no per-access overhead of np.memmap)."""
     return np.asarray(np.load(path, mmap_mode="r"))
+
+
+# ----------------------------------------------------------------------------- query-time kernels
+# The loops of a query, compiled (numba) and run outside the GIL: the lexical side of a question
+# runs beside the dense side (embedding + FAISS) on another thread, and in NumPy it held the GIL
+# between its many array operations, slowing both sides. Each reads only what the query touches.
+
+
+@njit(nogil=True, cache=True)
+def _word_kernel(terms, passage_starts, passage_rows, passage_weights, sentence_starts, sentence_rows,
+                 sentence_weights, owners, scores, found, mask, keep):  # fmt: skip
+    """The word view's scores (passage BM25 + SENTENCE_WEIGHT x its best sentence's) of the passages
+    that have one of the terms (a term given twice counts twice), only those where mask is True when
+    mask is not empty; the best `keep` of them (ties to the lower row), in row order.
+
+    scores (float32, passages x 2: BM25 and best sentence's, side by side so that a passage is one
+    cache line) and found come zeroed and are left zeroed. A sentence's BM25 is summed by merging
+    the terms' sentence postings (each in sentence order), so no array of all sentences is touched."""
+    n = 0
+    for t in terms:
+        for j in range(passage_starts[t], passage_starts[t + 1]):
+            row = passage_rows[j]
+            if scores[row, 0] == 0.0:  # BM25 weights are positive: the passage's first term
+                found[n] = row
+                n += 1
+            scores[row, 0] += passage_weights[j]
+    # a passage has a term exactly when one of its sentences has it: the rows are all found
+    at, ends = sentence_starts[terms], sentence_starts[terms + 1]
+    while True:
+        sentence = -1
+        for i in range(len(terms)):
+            if at[i] < ends[i] and (sentence < 0 or sentence_rows[at[i]] < sentence):
+                sentence = sentence_rows[at[i]]
+        if sentence < 0:
+            break
+        total, row = np.float32(0.0), 0
+        for i in range(len(terms)):  # in the terms' order, as a sum over them is
+            if at[i] < ends[i] and sentence_rows[at[i]] == sentence:
+                total += sentence_weights[at[i]]
+                row = owners[at[i]]
+                at[i] += 1
+        scores[row, 1] = max(scores[row, 1], total)
+    # many rows: a pass over all passages costs less than sorting them
+    rows = np.flatnonzero(scores[:, 0]).astype(found.dtype) if n * 32 >= len(found) else np.sort(found[:n])
+    found[:n] = 0
+    result = np.empty(len(rows))
+    m = 0
+    for row in rows:
+        if len(mask) == 0 or mask[row]:
+            rows[m] = row
+            result[m] = np.float64(scores[row, 0]) + SENTENCE_WEIGHT * np.float64(scores[row, 1])
+            m += 1
+        scores[row, 0], scores[row, 1] = 0.0, 0.0
+    rows, result = rows[:m], result[:m]
+    if m <= keep:
+        return rows, result
+    threshold = _kth_largest(result, keep)
+    ties = keep  # places left for scores equal to the threshold, in row order
+    for score in result:
+        ties -= score > threshold
+    n = 0
+    for i in range(m):
+        if result[i] > threshold or (result[i] == threshold and ties > 0):
+            ties -= result[i] == threshold
+            rows[n], result[n] = rows[i], result[i]
+            n += 1
+    return rows[:n], result[:n]
+
+
+@njit(nogil=True, cache=True)
+def _kth_largest(values, k):
+    """The k-th largest of values (k from 1), by quickselect (Hoare's partition) on a copy: written
+    out because numba's np.partition takes seconds to compile."""
+    a = values.copy()
+    lo, hi, target = 0, len(a) - 1, k - 1  # a is being ordered from largest to smallest
+    while lo < hi:
+        pivot, i, j = a[(lo + hi) // 2], lo, hi
+        while i <= j:
+            while a[i] > pivot:
+                i += 1
+            while a[j] < pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i, j = i + 1, j - 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:  # between the two parts: equal to the pivot
+            break
+    return a[target]
+
+
+@njit(nogil=True, cache=True)
+def _contains(indptr, indices, terms, rows):
+    """found[i, j]: whether passage rows[j] has term terms[i] (a term below 0 is in none)."""
+    found = np.zeros((len(terms), len(rows)))
+    for i in range(len(terms)):
+        if terms[i] < 0:
+            continue
+        postings = indices[indptr[terms[i]] : indptr[terms[i] + 1]]
+        for j in range(len(rows)):
+            at = np.searchsorted(postings, rows[j])
+            found[i, j] = at < len(postings) and postings[at] == rows[j]
+    return found
+
+
+# pread(2) from the C library, called from compiled code without the GIL (resolved by name, so the
+# compiled kernel can be cached); the buffer's address is passed as an integer
+_PREAD = types.ExternalFunction("pread", types.intp(types.intc, types.uintp, types.uintp, types.int64))
+_ENTRY_SIZE = ENTRY.itemsize
+
+
+@njit(nogil=True, cache=True)
+def _ngram_table(hashes, counts):
+    """An open-addressing hash table of the question's n-gram counts (keys -1 where empty), a few KB
+    that stay in the processor's cache, where a count per possible hash would take 4 MB."""
+    size = 64
+    while size < 4 * len(hashes):
+        size *= 2
+    keys, values = np.full(size, -1, np.int32), np.zeros(size, np.float32)
+    for i in range(len(hashes)):
+        at = (hashes[i] * 2654435761) & (size - 1)
+        while keys[at] != -1 and keys[at] != hashes[i]:
+            at = (at + 1) & (size - 1)
+        keys[at] = hashes[i]
+        values[at] += counts[i]
+    return keys, values
+
+
+@njit(nogil=True, cache=True)
+def _char_kernel(fd, indptr, firsts, lasts, hashes, counts, address, ngrams, in_sentence, in_passage):  # fmt: skip
+    """For passages whose sentences are firsts[i] .. lasts[i] - 1: each passage's BM25 of the
+    question's n-grams (hashes, with their counts) and its best sentence's, reading each passage's
+    entries from the file fd into the buffer at address (whose fields ngrams .. in_passage are).
+    Returns them with a status: 0, -1 when a read failed or came short, -2 when a passage does not
+    fit the buffer."""
+    keys, values = _ngram_table(hashes, counts)
+    mask = len(keys) - 1
+    passages, best = np.zeros(len(firsts)), np.zeros(len(firsts))
+    for p in range(len(firsts)):
+        first, size = indptr[firsts[p]], indptr[lasts[p]] - indptr[firsts[p]]
+        if size > len(ngrams):
+            return passages, best, -2
+        done, want = 0, size * _ENTRY_SIZE
+        while done < want:
+            got = _PREAD(fd, address + done, want - done, first * _ENTRY_SIZE + done)
+            if got <= 0:
+                return passages, best, -1
+            done += got
+        at = 0  # the sentence's first entry in the buffer
+        for s in range(firsts[p], lasts[p]):
+            in_this, end = 0.0, at + indptr[s + 1] - indptr[s]
+            for j in range(at, end):
+                ngram = ngrams[j]
+                slot = (ngram * 2654435761) & mask
+                while keys[slot] != ngram and keys[slot] != -1:
+                    slot = (slot + 1) & mask
+                if keys[slot] == ngram:
+                    in_this += in_sentence[j] * values[slot]
+                    passages[p] += in_passage[j] * values[slot]
+            best[p], at = max(best[p], in_this), end
+    return passages, best, 0
 
 
 @dataclass(frozen=True)
@@ -173,27 +335,6 @@ class WordView:
         weights = counts.astype(np.float32).tocsc()
         weights.sort_indices()
         return cls(weights.data, weights.indices.astype(np.int32), weights.indptr.astype(np.int64), counts.shape[0])
-
-    def postings(self, terms: np.ndarray) -> np.ndarray:
-        """Positions of the terms' postings (a term given twice, twice)."""
-        return _ranges(self.indptr[terms], self.indptr[terms + 1])
-
-    def accumulate(self, postings: np.ndarray, into: np.ndarray) -> np.ndarray:
-        """Adds the postings' BM25 weights to their rows in `into`; returns those rows (with repeats)."""
-        rows = self.indices[postings]
-        np.add.at(into, rows, self.data[postings])
-        return rows
-
-    def contains(self, term: int, rows: np.ndarray) -> np.ndarray:
-        """For each row: whether its text has the term."""
-        postings = self.indices[self.indptr[term] : self.indptr[term + 1]]
-        if not len(postings):
-            return np.zeros(len(rows), dtype=bool)
-        at = np.minimum(np.searchsorted(postings, rows), len(postings) - 1)
-        return postings[at] == rows
-
-    def document_frequency(self, term: int) -> int:
-        return int(self.indptr[term + 1] - self.indptr[term])
 
     def save(self, folder: Path, name: str) -> None:
         for part in ("data", "indices", "indptr"):
@@ -326,34 +467,26 @@ class CharView:
             raise ValueError(f"{file.name} does not hold the {int(indptr[-1])} entries its index says")
         return cls(file, indptr)
 
+    def largest(self, firsts: np.ndarray, lasts: np.ndarray) -> int:
+        """The most entries of any of these passages (sentences firsts[i] .. lasts[i] - 1)."""
+        return int((self.indptr[lasts] - self.indptr[firsts]).max(initial=0))
+
     def scores(
-        self, query: np.ndarray, firsts: np.ndarray, lasts: np.ndarray, buffer: bytearray
+        self, query: tuple[np.ndarray, np.ndarray], firsts: np.ndarray, lasts: np.ndarray, buffer: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """For passages whose sentences are firsts[i] .. lasts[i] - 1 (ascending): the BM25 of the
-        question's character n-grams (query: its count per n-gram hash) in each passage and in its
-        best sentence. The rows are read into buffer (grown as needed), reused from query to query:
-        a fresh one would cost a page fault per 4 KB."""
-        if not len(firsts):
-            return np.zeros(0), np.zeros(0)
-        starts, ends = self.indptr[firsts], self.indptr[lasts]
-        cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1  # where the next passage is not adjacent on disk
-        first, last = starts[np.r_[0, cut]].tolist(), ends[np.r_[cut - 1, len(firsts) - 1]].tolist()
-        size, fd, total = ENTRY.itemsize, self.file.fileno(), int((ends - starts).sum())
-        if len(buffer) < total * size:
-            buffer.extend(bytes(total * size - len(buffer)))
-        with memoryview(buffer) as view:
-            done = 0
-            for a, z in zip(first, last):
-                done += os.preadv(fd, [view[done : done + (z - a) * size]], a * size)
-        if done != total * size:
+        """For passages whose sentences are firsts[i] .. lasts[i] - 1: the BM25 of the question's
+        character n-grams (query: their hashes and counts) in each passage and in its best sentence.
+        Each passage is read into buffer (ENTRY records, as many as `largest` says), reused from query
+        to query, and scored there while it is in the processor's cache."""
+        passages, best, status = _char_kernel(
+            self.file.fileno(), self.indptr, firsts, lasts, *query, buffer.ctypes.data,
+            buffer["ngram"], buffer["sentence"], buffer["passage"],
+        )  # fmt: skip
+        if status == -2:
+            raise ValueError(f"a buffer of {len(buffer)} entries is too small for these passages")
+        if status:
             raise OSError(f"{self.file.name}: short read")
-        entries = np.frombuffer(buffer, ENTRY, count=total)
-        counts = query[entries["ngram"]]
-        sentences = _ranges(firsts, lasts)
-        in_sentences = _segment_sums(entries["sentence"] * counts, self.indptr[sentences + 1] - self.indptr[sentences])
-        per_passage = lasts - firsts
-        best = np.maximum.reduceat(in_sentences, np.cumsum(per_passage) - per_passage)
-        return _segment_sums(entries["passage"] * counts, ends - starts), best
+        return passages, best
 
 
 @dataclass(frozen=True)
@@ -361,17 +494,13 @@ class _Scratch:
     """Zeroed arrays a query accumulates into, reused from query to query and zeroed again where
     written: fresh arrays of corpus size would cost a page fault per 4 KB at every query."""
 
-    passages: np.ndarray  # float32 per passage: word-view BM25
-    best_sentence: np.ndarray  # float32 per passage: word-view BM25 of its best sentence
-    touched: np.ndarray  # bool per passage
-    sentences: np.ndarray  # float32 per sentence
-    ngrams: np.ndarray  # float32 per n-gram hash: the question's count
-    reads: bytearray  # where the character view reads its rows
+    scores: np.ndarray  # float32 per passage: word-view BM25 and its best sentence's
+    found: np.ndarray  # int32 per passage: the rows found, in the order found
+    reads: np.ndarray  # ENTRY records, as many as the largest passage has: where the character view reads
 
     @classmethod
-    def create(cls, passages: int, sentences: int) -> _Scratch:
-        return cls(np.zeros(passages, np.float32), np.zeros(passages, np.float32), np.zeros(passages, bool),
-                   np.zeros(sentences, np.float32), np.zeros(_CHARS.n_features, np.float32), bytearray())  # fmt: skip
+    def create(cls, passages: int, largest: int) -> _Scratch:
+        return cls(np.zeros((passages, 2), np.float32), np.zeros(passages, np.int32), np.zeros(largest, ENTRY))
 
 
 def _sentences(texts: Iterable[str], counts: np.ndarray | None = None) -> Iterator[str]:
@@ -401,6 +530,7 @@ class LexicalIndex:
         self.sentence_starts = np.load(folder / "sentence_starts.npy")  # each passage's first sentence
         self.sentence_ends = np.append(self.sentence_starts[1:], self.word_sentences.rows)
         self.chars = CharView.load(folder)
+        self.largest = self.chars.largest(self.sentence_starts, self.sentence_ends)
         owner = np.repeat(np.arange(self.count, dtype=np.int32), self.sentence_ends - self.sentence_starts)
         # the passage of each sentence posting, read in order at query time (4 bytes a posting, in memory)
         self.posting_owner = owner[self.word_sentences.indices]
@@ -452,14 +582,7 @@ class LexicalIndex:
     def _search(
         self, question: str, terms: np.ndarray, k: int, mask: np.ndarray | None, scratch: _Scratch
     ) -> tuple[np.ndarray, np.ndarray]:
-        rows, word = self._word_scores(terms, scratch)
-        if mask is not None:
-            keep = mask[rows]
-            rows, word = rows[keep], word[keep]
-        candidates = max(k, CHAR_CANDIDATES)
-        if len(rows) > candidates:
-            best = np.sort(np.argpartition(-word, candidates - 1)[:candidates])  # rows stay in file order
-            rows, word = rows[best], word[best]
+        rows, word = self._word_scores(terms, scratch, mask, max(k, CHAR_CANDIDATES))
         if len(rows) < k and self.count <= CHAR_CANDIDATES * 10:
             # too few passages share a word with the question: in a small index, let the character
             # view find the nearest ones (partial words), so there is something to show
@@ -470,41 +593,39 @@ class LexicalIndex:
             rows, word = rows[order], word[order]
         if not len(rows):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        ngrams, counts = _ngram_counts(question)
-        scratch.ngrams[ngrams] = counts
-        try:
-            passage, sentence = self.chars.scores(
-                scratch.ngrams, self.sentence_starts[rows], self.sentence_ends[rows], scratch.reads
-            )
-            char = passage + SENTENCE_WEIGHT * sentence
-        finally:
-            scratch.ngrams[ngrams] = 0.0
-        combined = _scaled(word) + _scaled(char)
+        passage, sentence = self.chars.scores(
+            _ngram_counts(question), self.sentence_starts[rows], self.sentence_ends[rows], scratch.reads
+        )
+        combined = _scaled(word) + _scaled(passage + SENTENCE_WEIGHT * sentence)
         keep = combined > 0
         rows, combined = rows[keep], combined[keep]
         order = np.lexsort((rows, -combined))[:k]  # best first; ties by row for determinism
         return rows[order].astype(np.int64), combined[order].astype(np.float32)
 
+    def warm_up(self) -> None:
+        """A search and a coverage of one of the index's words: the compiled query loops are loaded
+        (or compiled, the first time after an install: seconds) before the first question needs them."""
+        word = next(iter(self.vocabulary), "")
+        self.coverage(word, [0] if self.count else [])
+        self.search(word, 1)
+
     def _take_scratch(self) -> _Scratch:
         try:
             return self._free.get_nowait()
         except queue.Empty:  # as many sets as questions ever searched at once
-            return _Scratch.create(self.count, self.word_sentences.rows)
+            return _Scratch.create(self.count, self.largest)
 
-    def _word_scores(self, terms: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray]:
-        """Rows sharing a stem with the question and their word-view score: BM25 + half the best sentence's."""
-        passages, best, touched, sentences = scratch.passages, scratch.best_sentence, scratch.touched, scratch.sentences
-        touched[self.words.accumulate(self.words.postings(terms), passages)] = True
-        postings = self.word_sentences.postings(terms)
-        sentence_rows = self.word_sentences.accumulate(postings, sentences)
-        owners = self.posting_owner[postings]
-        np.maximum.at(best, owners, sentences[sentence_rows])
-        touched[owners] = True
-        sentences[sentence_rows] = 0.0
-        rows = np.flatnonzero(touched)
-        scores = passages[rows] + SENTENCE_WEIGHT * best[rows].astype(np.float64)
-        passages[rows], best[rows], touched[rows] = 0.0, 0.0, False
-        return rows, scores
+    def _word_scores(
+        self, terms: np.ndarray, scratch: _Scratch, mask: np.ndarray | None = None, keep: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows sharing a stem with the question (only where mask is True, if given) and their word-view
+        score, BM25 + half the best sentence's; the best `keep` of them (ties to the lower row), in row order."""
+        words, sentences = self.words, self.word_sentences
+        return _word_kernel(  # type: ignore[no-any-return]
+            terms, words.indptr, words.indices, words.data, sentences.indptr, sentences.indices, sentences.data,
+            self.posting_owner, scratch.scores, scratch.found, _NO_MASK if mask is None else mask,
+            self.count if keep is None else keep,
+        )  # fmt: skip
 
     def coverage(self, question: str, rows: list[int]) -> list[float]:
         """For each passage row: the share of the question's IDF mass (distinct word stems) it contains.
@@ -514,14 +635,10 @@ class LexicalIndex:
         stems = list(dict.fromkeys(word_tokens(question)))
         if not stems:
             return [0.0] * len(rows)
-        at = np.asarray(rows, dtype=np.int64)
-        found = np.zeros(len(rows))
-        weights = 0.0
-        for stem in stems:
-            column = self.vocabulary.get(stem)
-            df = 0 if column is None else self.words.document_frequency(column)
-            weight = float(_idf(df, self.count))
-            weights += weight
-            if column is not None:
-                found += weight * self.words.contains(column, at)
-        return (found / weights).tolist()
+        columns = np.array([self.vocabulary.get(stem, -1) for stem in stems], dtype=np.int64)
+        known = columns >= 0
+        df = np.zeros(len(stems), dtype=np.int64)
+        df[known] = self.words.indptr[columns[known] + 1] - self.words.indptr[columns[known]]
+        weights = _idf(df, self.count)
+        found = _contains(self.words.indptr, self.words.indices, columns, np.asarray(rows, dtype=np.int64))
+        return (weights @ found / weights.sum()).tolist()

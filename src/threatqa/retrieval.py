@@ -195,11 +195,11 @@ class Retriever:
             return list(zip(lex_rows.tolist(), lex_scores.tolist()))
         if not len(lex_rows):
             return list(zip(dense_rows.tolist(), dense_scores.tolist()))
-        fused: dict[int, float] = {}
-        for rows in (lex_rows, dense_rows):
-            for rank, row in enumerate(rows.tolist()):
-                fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + rank + 1)
-        return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+        ranks = np.concatenate((np.arange(len(lex_rows)), np.arange(len(dense_rows))))
+        rows, at = np.unique(np.concatenate((lex_rows, dense_rows)), return_inverse=True)
+        fused = np.bincount(at, weights=1.0 / (RRF_K + ranks + 1))  # summed lexical first, then dense
+        order = np.lexsort((rows, -fused))  # best first; ties by row
+        return list(zip(rows[order].tolist(), fused[order].tolist()))
 
     def _collect(
         self,
