@@ -160,7 +160,7 @@ class Retriever:
         answered = self._answered(hits)
         if answered:  # passages that share no term with the question and are not dense matches are noise
             hits = [h for h in hits if h.relevance > 0 or (h.dense_score or -1.0) >= self.min_dense_score]
-            hits = [replace(hit, rank=rank) for rank, hit in enumerate(hits, start=1)]
+            hits = [hit if hit.rank == rank else replace(hit, rank=rank) for rank, hit in enumerate(hits, start=1)]
         return Retrieval(text, tuple(hits), answered, self.mode, tuple(notices))
 
     def _mask(self, documents: list[str] | None) -> np.ndarray | None:
@@ -195,11 +195,11 @@ class Retriever:
             return list(zip(lex_rows.tolist(), lex_scores.tolist()))
         if not len(lex_rows):
             return list(zip(dense_rows.tolist(), dense_scores.tolist()))
-        ranks = np.concatenate((np.arange(len(lex_rows)), np.arange(len(dense_rows))))
-        rows, at = np.unique(np.concatenate((lex_rows, dense_rows)), return_inverse=True)
-        fused = np.bincount(at, weights=1.0 / (RRF_K + ranks + 1))  # summed lexical first, then dense
-        order = np.lexsort((rows, -fused))  # best first; ties by row
-        return list(zip(rows[order].tolist(), fused[order].tolist()))
+        fused: dict[int, float] = {}
+        for rows in (lex_rows, dense_rows):
+            for rank, row in enumerate(rows.tolist()):
+                fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + rank + 1)
+        return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
     def _collect(
         self,
