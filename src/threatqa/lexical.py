@@ -558,7 +558,9 @@ class LexicalIndex:
         vocabulary = {term: int(column) for term, column in vectorizer.vocabulary_.items()}
         meta = {"count": len(texts), "sentences": int(per_passage.sum()), "vocabulary": vocabulary}
         (folder / cls.META).write_text(json.dumps(meta))
-        return cls(folder)
+        index = cls(folder)
+        index.warm_up()  # the first build after an install compiles the query loops, not the first start
+        return index
 
     def terms(self, question: str | list[str]) -> np.ndarray:
         """Column ids of the question's stems (or of these stems) that the index knows; repeats kept,
