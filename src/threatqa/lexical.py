@@ -14,9 +14,13 @@ our word analyzer, and the n-grams and hashes of its `HashingVectorizer` for cha
 distinct word stemmed and hashed once). The word view is stored by term (CSC: one posting list
 per stem, memory-mapped), so a question reads only the postings of its own terms, for passages
 and sentences alike. The character view, ten times larger, is stored by sentence, with each
-n-gram's weight in the sentence and its share of the passage's, and read with `os.preadv` for the
+n-gram's weight in the sentence and its share of the passage's, and read with pread(2) for the
 word view's best candidates only. Both are built a batch at a time, so neither building nor
 serving holds a large corpus in memory.
+
+A query's loops are compiled with numba and run outside the GIL (`_word_kernel`, `_char_kernel`):
+the lexical side of a question runs beside the dense side on another thread, and in NumPy its many
+array operations took and released the GIL so often that each side slowed the other.
 """
 
 from __future__ import annotations
@@ -448,7 +452,7 @@ class CharView:
     the sentence, and its BM25 weight in the passage divided by the number of the passage's
     sentences that have it (so the passage's own BM25 is a sum over its sentences' entries).
     A passage's sentences are adjacent, so a candidate is one read, and only the candidates' rows
-    are ever read: a query's cost does not grow with the corpus. They are read with `os.preadv`
+    are ever read: a query's cost does not grow with the corpus. They are read with pread(2)
     rather than memory-mapped: this view is the largest part of the index (about 10 KB a passage),
     and mapped pages of it would count as the server's resident memory, growing with every
     candidate ever read."""
