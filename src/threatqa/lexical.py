@@ -105,12 +105,17 @@ def _word_ngrams(word: str) -> np.ndarray:
     return hashes
 
 
+def _text_ngrams(text: str) -> list[np.ndarray]:
+    """The hashes of a text's character n-grams, word by word (repeats kept)."""
+    return [_word_ngrams(word) for word in _words_only(text).split()]
+
+
 def _char_counts(texts: Iterable[str]) -> sparse.csr_matrix:
     """What `_CHARS.transform(texts)` gives (n-gram counts, texts by hash), from the words' cached hashes."""
     hashes: list[np.ndarray] = []
     sizes: list[int] = []
     for text in texts:
-        words = [_word_ngrams(word) for word in _words_only(text).split()]
+        words = _text_ngrams(text)
         hashes.extend(words)
         sizes.append(sum(len(w) for w in words))
     columns = np.concatenate(hashes) if hashes else np.zeros(0, np.int32)
@@ -124,7 +129,7 @@ def _char_counts(texts: Iterable[str]) -> sparse.csr_matrix:
 
 def _ngram_counts(text: str) -> tuple[np.ndarray, np.ndarray]:
     """The character n-gram hashes of one text (a question), ascending, and their counts."""
-    words = [_word_ngrams(word) for word in _words_only(text).split()]
+    words = _text_ngrams(text)
     if not words:
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
     hashes, counts = np.unique(np.concatenate(words), return_counts=True)
