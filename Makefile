@@ -12,11 +12,14 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	# the CPU build of PyTorch first; an unpinned torch would pull several GB of CUDA packages
-	$(BIN)/pip install --quiet torch==2.13.0
-	# then exactly the locked versions (`make lock` refreshes them), and threatqa itself
-	$(BIN)/pip install --quiet -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps -e .
+	# the CPU build of PyTorch first; an unpinned torch would pull several GB of CUDA packages. Its dependencies
+	# are in the lock, so they come hash-checked with the rest
+	$(BIN)/pip install --quiet --no-deps torch==2.13.0
+	# then exactly the locked versions, each file checked against its sha256 (`make lock` refreshes them), as
+	# wheels only: building a source distribution would fetch its build tools unchecked
+	$(BIN)/pip install --quiet --require-hashes --only-binary :all: -r requirements.lock
+	# and threatqa itself, built with the locked setuptools rather than a freshly fetched one
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 setup: $(STAMP) ## create .venv and install threatqa with its dependencies
@@ -53,10 +56,21 @@ ci: audit-deps test chromium ## everything CI runs: the README's `make test`, th
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-lock: ## re-resolve the dependencies into requirements.lock (in a scratch venv)
+lock: ## re-resolve the dependencies into requirements.lock, with the sha256 of every file (in a scratch venv)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet torch==2.13.0 && .lock-venv/bin/pip install --quiet '.[dev]'
-	.lock-venv/bin/pip freeze --exclude threatqa > requirements.lock && rm -rf .lock-venv
+	# pip's resolution fixes every version; uv writes them out for any platform and any Python from this one up,
+	# with the hashes of all their files. torch stays out of the lock (set-up installs this build of it first),
+	# and so does pip (the venv's own)
+	.lock-venv/bin/pip freeze --all --exclude threatqa > .lock-venv/pins.txt
+	.lock-venv/bin/pip download --quiet --no-deps --dest .lock-venv/torch torch==2.13.0
+	.lock-venv/bin/pip install --quiet uv==0.13.8
+	.lock-venv/bin/uv pip compile pyproject.toml --extra dev --constraints .lock-venv/pins.txt \
+	    --find-links .lock-venv/torch --no-emit-package torch --no-emit-package pip --no-config \
+	    --universal --python-version "$$(.lock-venv/bin/python -c 'import platform; print(platform.python_version())')" \
+	    --generate-hashes --no-annotate --custom-compile-command 'make lock' --quiet \
+	    --output-file .lock-venv/requirements.lock
+	mv .lock-venv/requirements.lock requirements.lock && rm -rf .lock-venv
 
 eval: $(STAMP) ## retrieval accuracy on ../shared/eval, beside plain BM25
 	$(BIN)/threatqa eval

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from threatqa.embeddings import load_embedder
-from threatqa.index import VECTORS, DenseConfig, build_dense, build_index, open_index
+from threatqa.dense import VECTORS, DenseConfig, build_dense
+from threatqa.index import build_index, open_index
 
 CORPUS_FILE = Path(__file__).resolve().parents[1] / "docs" / "NCA-annual-assessment-speech-2023-07-17.txt"
 
@@ -52,9 +53,10 @@ def approximate_index(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 def test_approximate_index_keeps_vectors_for_incremental_builds(approximate_index: tuple) -> None:
     index_dir, embedder = approximate_index
     index = open_index(index_dir)
-    assert isinstance(index.dense, faiss.IndexIVF) and (index.folder / VECTORS).is_file()
-    texts = [c.text for c in index.chunks(list(range(len(index))))]
-    stored = index.vectors(list(range(len(index))))
+    assert isinstance(index.dense.faiss, faiss.IndexIVF) and (index.folder / VECTORS).is_file()
+    text = index.document(index.chunks([0])[0].doc_id).text
+    texts = [text[start:end] for _row, start, end in index.dense.windows.tolist()]
+    stored = index.dense.vectors(np.arange(len(index.dense)))
     assert stored.dtype == np.float32
     np.testing.assert_allclose(stored, embedder.encode_documents(texts), atol=2e-3)  # float16 on disk
 
@@ -64,5 +66,5 @@ def test_document_filter_searches_every_list(approximate_index: tuple) -> None:
     index = open_index(index_dir)
     mask = np.zeros(len(index), dtype=bool)
     mask[[1, 3]] = True
-    _scores, rows = index.dense_search(embedder.encode_query("hostile states"), 10, mask)
-    assert set(rows[0][rows[0] >= 0].tolist()) == {1, 3}
+    rows, _scores = index.dense.search(embedder.encode_query("hostile states"), 10, mask)
+    assert set(rows.tolist()) == {1, 3}

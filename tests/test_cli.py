@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,12 +92,18 @@ def test_model_mismatch_is_an_error_with_the_fix(
     index = str(cli_env / "i")
     monkeypatch.setenv("THREATQA_MODEL", str(tiny_model))
     assert main(["index", "--docs", str(docs), "--index", index]) == 0
+    same = cli_env / "same-model"
+    same.symlink_to(tiny_model)  # the same model under another name: accepted
+    monkeypatch.setenv("THREATQA_MODEL", str(same))
+    assert main(["ask", "--index", index, "cocaine"]) == 0
     other = cli_env / "other-model"
-    other.symlink_to(tiny_model)
+    shutil.copytree(tiny_model, other)
+    (other / "config.json").write_text((other / "config.json").read_text().replace("}", ', "layer_norm_eps": 1e-5}', 1))
     monkeypatch.setenv("THREATQA_MODEL", str(other))
+    capsys.readouterr()
     assert main(["ask", "--index", index, "cocaine"]) == 1
     err = capsys.readouterr().err
-    assert "threatqa index" in err and str(tiny_model) in err
+    assert "threatqa index" in err and str(tiny_model) in err and "another" in err
 
 
 def test_settings_listing(capsys: pytest.CaptureFixture[str]) -> None:

@@ -114,7 +114,7 @@ def test_compute_threads_per_question_and_for_builds(
     import torch
 
     from threatqa.engine import Engine
-    from threatqa.index import compute_threads, set_compute_threads
+    from threatqa.dense import compute_threads, set_compute_threads
 
     with compute_threads(faiss.omp_get_max_threads()):  # the process is left as it was found
         monkeypatch.setattr("os.cpu_count", lambda: 8)
@@ -136,12 +136,12 @@ def test_compute_threads_per_question_and_for_builds(
 
         # OpenMP counts are per thread: a question searched on another thread (as a server's are)
         # still runs FAISS with the count set here, not OpenMP's default of every core
-        monkeypatch.setattr("threatqa.index._question_threads", 0)  # restored after the test
+        monkeypatch.setattr("threatqa.dense._question_threads", 0)  # restored after the test
         set_compute_threads(3)
         seen: list[int] = []
 
         def search() -> None:
-            engine.index.dense_search(np.zeros((1, engine.index.manifest.dimension), np.float32), 1)
+            engine.index.dense.search(np.zeros((1, engine.index.manifest.dimension), np.float32), 1)
             seen.append(faiss.omp_get_max_threads())
 
         thread = threading.Thread(target=search)

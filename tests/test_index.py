@@ -10,20 +10,21 @@ import numpy as np
 import pytest
 
 from threatqa.embeddings import Embedder, load_embedder
-from threatqa.errors import IndexMismatch, IndexMissing
-from threatqa.index import SCHEMA_VERSION, build_index, check_model, current_version, is_stale, open_index
+from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable
+from threatqa.index import SCHEMA_VERSION, build_index, current_version, is_stale, open_index
+from threatqa.manifest import check_model
 
 
 class CountingEmbedder(Embedder):
     """The real embedder, counting how many passages it was asked to embed."""
 
     def __init__(self, inner: Embedder) -> None:
-        super().__init__(inner.model, inner.name)
+        super().__init__(inner.model, inner.name, inner.fingerprint)
         self.embedded = 0
 
-    def encode_documents(self, texts: list[str], progress: bool = False, batch_size: int = 32) -> np.ndarray:
+    def encode_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         self.embedded += len(texts)
-        return super().encode_documents(texts, progress, batch_size)
+        return super().encode_documents(texts, batch_size)
 
 
 @pytest.fixture()
@@ -43,7 +44,9 @@ def test_manifest_describes_the_index(tmp_path: Path, docs: Path, embedder: Coun
     manifest = index.manifest
     assert manifest.retrievers == ("bm25", "dense")
     assert (manifest.model, manifest.dimension) == (embedder.name, 32)
-    assert manifest.chunk_count == report.passages == len(index) == index.dense.ntotal
+    assert (manifest.model_fingerprint, manifest.backend, manifest.precision) == (embedder.fingerprint, "torch", "fp32")
+    assert manifest.chunk_count == report.passages == len(index)
+    assert manifest.window_count == len(index.dense) == index.dense.faiss.ntotal >= len(index)
     (doc,) = manifest.documents.values()
     assert len(doc["sha256"]) == 64 and doc["chunks"] == report.passages
     assert all(len(info["sha256"]) == 64 and info["bytes"] > 0 for info in manifest.files.values())
@@ -53,21 +56,24 @@ def test_manifest_describes_the_index(tmp_path: Path, docs: Path, embedder: Coun
 def test_incremental_reindex_embeds_only_changes(tmp_path: Path, docs: Path, embedder: CountingEmbedder) -> None:
     index_dir = tmp_path / "index"
     first = build_index(docs, index_dir, embedder)
-    assert embedder.embedded == first.passages
-    vectors_before = open_index(index_dir).vectors(list(range(first.passages)))
+    windows = open_index(index_dir).manifest.window_count
+    assert embedder.embedded == first.embedded == windows
+    before = open_index(index_dir).dense
+    vectors_before = before.vectors(before.window_ids(list(range(first.passages))))
 
     embedder.embedded = 0
     _second_doc(docs)
     added = build_index(docs, index_dir, embedder)
-    assert added.added == ("firearms.md",) and embedder.embedded == added.passages - first.passages
     index = open_index(index_dir)
+    assert added.added == ("firearms.md",) and embedder.embedded == index.manifest.window_count - windows
+    assert added.reused == windows
     rows = index.rows_for_documents(["NCA-annual-assessment-speech-2023-07-17.txt"]).tolist()
-    np.testing.assert_allclose(index.vectors(rows), vectors_before, atol=1e-6)
+    np.testing.assert_allclose(index.dense.vectors(index.dense.window_ids(rows)), vectors_before, atol=1e-6)
 
     embedder.embedded = 0
     _second_doc(docs, "Firearms are smuggled through ports.\n\nBorder Force seized 400 guns.\n")
     updated = build_index(docs, index_dir, embedder)
-    assert updated.updated == ("firearms.md",) and 0 < embedder.embedded < updated.passages
+    assert updated.updated == ("firearms.md",) and 0 < embedder.embedded < open_index(index_dir).manifest.window_count
 
     embedder.embedded = 0
     unchanged = build_index(docs, index_dir, embedder)
@@ -89,7 +95,7 @@ def test_a_failed_build_leaves_the_previous_index_loadable(
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr("threatqa.index._write_store", crash)
+    monkeypatch.setattr("threatqa.index.write_store", crash)
     with pytest.raises(KeyboardInterrupt):
         build_index(docs, index_dir, None)
     index = open_index(index_dir)
@@ -97,7 +103,7 @@ def test_a_failed_build_leaves_the_previous_index_loadable(
     assert not [p for p in index_dir.iterdir() if p.name.startswith(".tmp-")], "staging folder cleaned up"
 
 
-def test_stale_detection(tmp_path: Path, docs: Path) -> None:
+def test_stale_detection(tmp_path: Path, docs: Path, embedder: Embedder) -> None:
     index_dir = tmp_path / "index"
     assert is_stale(docs, index_dir, None)
     build_index(docs, index_dir, None)
@@ -106,7 +112,7 @@ def test_stale_detection(tmp_path: Path, docs: Path) -> None:
     assert is_stale(docs, index_dir, None)
     build_index(docs, index_dir, None, warn=lambda m: None)
     assert not is_stale(docs, index_dir, None)
-    assert is_stale(docs, index_dir, "some/model"), "a model the index lacks asks for a rebuild"
+    assert is_stale(docs, index_dir, embedder), "a model the index lacks asks for a rebuild"
 
 
 def test_missing_and_damaged_index_give_clear_errors(tmp_path: Path, docs: Path) -> None:
@@ -139,14 +145,45 @@ def test_manifest_disagreeing_with_vectors_is_detected(tmp_path: Path, docs: Pat
         open_index(index_dir)
 
 
-def test_model_mismatch_says_how_to_rebuild(tmp_path: Path, docs: Path, embedder: Embedder) -> None:
+def test_model_is_recognised_by_content_not_path(tmp_path: Path, docs: Path, tiny_model: Path) -> None:
+    embedder = load_embedder(str(tiny_model))
     build_index(docs, tmp_path / "index", embedder)
     manifest = open_index(tmp_path / "index").manifest
-    check_model(manifest, embedder.name, 32)
+    assert check_model(manifest, embedder) == []
+
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(tiny_model, moved)
+    same = load_embedder(str(moved))
+    assert same.fingerprint == embedder.fingerprint and check_model(manifest, same) == []
+    assert not is_stale(docs, tmp_path / "index", same), "the same model at another path needs no rebuild"
+
+    config = json.loads((moved / "config.json").read_text())  # another model at the same path
+    (moved / "config.json").write_text(json.dumps(config | {"layer_norm_eps": 1e-6}))
+    changed = load_embedder(str(moved))
+    assert changed.fingerprint != embedder.fingerprint
     with pytest.raises(IndexMismatch, match="threatqa index"):
-        check_model(manifest, "other/model", 32)
-    with pytest.raises(IndexMismatch, match="384-d"):
-        check_model(manifest, embedder.name, 384)
+        check_model(manifest, changed)
+    assert is_stale(docs, tmp_path / "index", changed)
+
+
+def test_another_backend_or_precision_is_noticed(tmp_path: Path, docs: Path, embedder: Embedder) -> None:
+    build_index(docs, tmp_path / "index", embedder)
+    manifest = open_index(tmp_path / "index").manifest
+    other = type("Int8", (), {"name": embedder.name, "fingerprint": embedder.fingerprint, "dimension": 32,
+                              "backend": "onnx", "precision": "int8"})()  # fmt: skip
+    (notice,) = check_model(manifest, other)
+    assert "torch backend (fp32)" in notice and "onnx (int8)" in notice and "threatqa index" in notice
+
+
+def test_no_silent_downgrade_of_a_hybrid_index(tmp_path: Path, docs: Path, embedder: Embedder) -> None:
+    index_dir = tmp_path / "index"
+    hybrid = build_index(docs, index_dir, embedder)
+    _second_doc(docs)
+    with pytest.raises(ModelUnavailable, match="--lexical"):
+        build_index(docs, index_dir, None)
+    assert open_index(index_dir).version == hybrid.version and open_index(index_dir).has_dense
+    lexical = build_index(docs, index_dir, None, allow_lexical=True)
+    assert lexical.mode == "lexical" and not open_index(index_dir).has_dense
 
 
 def test_old_versions_are_pruned_but_the_previous_kept(tmp_path: Path, docs: Path) -> None:

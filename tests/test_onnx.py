@@ -10,12 +10,22 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from threatqa.embeddings import load_embedder
-from threatqa.onnx_backend import CACHE_FOLDER, OnnxEmbedder
+from threatqa import onnx_backend
+from threatqa.onnx_backend import OnnxEmbedder, cache_folder
 from threatqa.retrieval import Retriever
 
 CORPUS_FILE = Path(__file__).resolve().parents[1] / "docs" / "NCA-annual-assessment-speech-2023-07-17.txt"
 TEXTS = [p for p in CORPUS_FILE.read_text(encoding="utf-8").split("\n\n") if p.strip()][:40]
 QUESTIONS = ["What is the threat from ransomware?", "Which hostile states are named?", "How is cocaine smuggled?"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The export goes to a cache folder of the tests' own, not the user's."""
+    saved = onnx_backend.USER_CACHE
+    onnx_backend.USER_CACHE = tmp_path_factory.mktemp("cache")
+    yield onnx_backend.USER_CACHE
+    onnx_backend.USER_CACHE = saved
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +42,15 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def test_export_is_cached_beside_the_model(tiny_model: Path, backends: dict) -> None:
-    folder = tiny_model / CACHE_FOLDER
+def test_export_is_cached_in_the_user_cache_not_the_model_folder(tiny_model: Path, backends: dict) -> None:
+    folder = cache_folder(backends["torch"].fingerprint)
+    assert folder.parent == onnx_backend.USER_CACHE and backends["int8"].folder == folder
+    assert not [p for p in tiny_model.rglob("*.onnx")], "nothing written into the model folder"
+    assert (backends["int8"].backend, backends["int8"].precision, backends["fp32"].precision) == (
+        "onnx",
+        "int8",
+        "fp32",
+    )
     assert {"model.onnx", "model-int8.onnx", "tokenizer.json", "spec.json"} <= {p.name for p in folder.iterdir()}
     stamp = (folder / "model.onnx").stat().st_mtime_ns
     again = load_embedder(str(tiny_model), backend="onnx")

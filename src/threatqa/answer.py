@@ -10,8 +10,8 @@ import csv
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-from threatqa.index import DocumentInfo, passage_sha256
 from threatqa.retrieval import Retrieval
+from threatqa.store import DocumentInfo, passage_sha256
 
 ABSTAIN_TEXT = "No passage in the documents answers this closely enough."
 

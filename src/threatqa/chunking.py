@@ -1,16 +1,21 @@
 """Stage 2: Document -> passages (`Chunk`) with exact character offsets into the document text.
 
-Passages follow the document's own structure: each starts at a paragraph and takes in the
-following paragraphs up to the target size, a very long paragraph is split at sentence
-boundaries with a few sentences of overlap, and no passage crosses from one document into another.
-The invariant every later stage relies on: `chunk.text == document.text[chunk.start:chunk.end]`.
+Passages follow the document's own structure: consecutive paragraphs are packed into passages
+of about the target size, each paragraph in exactly one passage (so the text is indexed and
+embedded once), a very long paragraph is split at sentence boundaries, and a sentence longer
+than a passage (unpunctuated or lower-case text) at spaces. No passage crosses from one document
+into another. The invariant every later stage relies on: `chunk.text == document.text[chunk.start:chunk.end]`.
+
+For dense search each passage is embedded as `windows`: runs of whole sentences of about
+`window` characters, each within the model's token limit, so nothing is truncated by the model;
+a passage scores by its best window (MaxP, Dai and Callan, SIGIR 2019).
 """
 
 from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from threatqa.ingest import Document
@@ -57,11 +62,13 @@ class Span:
 
 @dataclass(frozen=True)
 class ChunkConfig:
-    """Passage sizes in characters (see `_pack`) and sentences of overlap for split paragraphs."""
+    """Passage sizes in characters (see `_pack`), sentences of overlap for split paragraphs, and
+    the size in characters of the windows embedded for dense search (see `windows`)."""
 
     size: int = 300
-    overlap: int = 1
+    overlap: int = 0
     max_size: int = 2000
+    window: int = 200
 
 
 @dataclass(frozen=True)
@@ -93,8 +100,9 @@ def paragraphs(text: str, start: int = 0) -> list[Span]:
     return spans
 
 
-def sentences(text: str, span: Span) -> list[Span]:
-    """Sentence spans inside one paragraph span (trimmed, never empty)."""
+def sentences(text: str, span: Span, max_len: int | None = None) -> list[Span]:
+    """Sentence spans inside one paragraph span (trimmed, never empty); with `max_len`, a longer
+    sentence is cut at spaces (or anywhere, when it has none) into pieces of at most that length."""
     result = []
     cursor = span.start
     for match in _SENTENCE_END.finditer(text, span.start, span.end):
@@ -103,7 +111,21 @@ def sentences(text: str, span: Span) -> list[Span]:
         result.extend(_trimmed(text, cursor, match.start() + _closing_len(text, match)))
         cursor = match.end()
     result.extend(_trimmed(text, cursor, span.end))
-    return result
+    if max_len is None:
+        return result
+    return [piece for sentence in result for piece in _bounded(text, sentence, max_len)]
+
+
+def _bounded(text: str, span: Span, max_len: int) -> list[Span]:
+    """`span` cut at the last space before every `max_len` characters (hard cuts without spaces)."""
+    pieces = []
+    start = span.start
+    while span.end - start > max_len:
+        cut = text.rfind(" ", start + 1, start + max_len + 1)
+        cut = cut if cut > start else start + max_len
+        pieces.extend(_trimmed(text, start, cut))
+        start = cut
+    return pieces + _trimmed(text, start, span.end)
 
 
 def chunk_document(document: Document, config: ChunkConfig = ChunkConfig()) -> list[Chunk]:
@@ -124,33 +146,44 @@ def chunk_documents(documents: Iterable[Document], config: ChunkConfig = ChunkCo
 def _pack(text: str, paras: list[Span], size: int, overlap: int, max_size: int) -> list[tuple[int, int, Span]]:
     """(first paragraph number, last paragraph number, span) for each passage.
 
-    A passage starts at every paragraph and takes in the following ones until it reaches `size`
-    characters, so a short paragraph ("He said so.") is never cut off from the paragraph that
-    gives it meaning. Passages therefore overlap; retrieval keeps the best of overlapping hits.
-    A run that would pass `max_size` stops before; a paragraph longer than `max_size` is split
-    into sentence windows sharing `overlap` sentences.
+    Consecutive paragraphs are packed while the next one brings the passage nearer `size`
+    characters (so passages stay near the target on both sides), never past `max_size`; each
+    paragraph lies in one passage, so no text is embedded twice. A short run
+    at the end joins the passage before it when that stays within `max_size`. A paragraph longer
+    than `max_size` is split into sentence windows sharing `overlap` sentences.
     """
     passages: list[tuple[int, int, Span]] = []
-    for first, para in enumerate(paras):
+    first = 0
+    while first < len(paras):
+        para = paras[first]
         if para.end - para.start > max_size:
-            passages.extend((first + 1, first + 1, w) for w in _windows(sentences(text, para), max_size, overlap))
+            windows = _windows(sentences(text, para, max_size), max_size, overlap)
+            passages.extend((first + 1, first + 1, w) for w in windows)
+            first += 1
             continue
         last = first
-        while (
-            paras[last].end - para.start < size
-            and last + 1 < len(paras)
-            and paras[last + 1].end - para.start <= max_size
-        ):
+        while last + 1 < len(paras) and _closer(paras[last].end - para.start, paras[last + 1].end - para.start, size):
             last += 1
-        short_tail = paras[last].end - para.start < size and last == len(paras) - 1
-        if short_tail and first > 0 and passages and passages[-1][2].end >= para.end:
-            continue  # a short run at the end is already inside the previous passage
-        passages.append((first + 1, last + 1, Span(para.start, paras[last].end)))
+            if paras[last].end - para.start > max_size:
+                last -= 1
+                break
+        tail_fits = passages and paras[last].end - passages[-1][2].start <= max_size
+        if paras[last].end - para.start < size and last == len(paras) - 1 and tail_fits:
+            before, _, span = passages.pop()  # a short run at the end joins the passage before it
+            passages.append((before, last + 1, Span(span.start, paras[last].end)))
+        else:
+            passages.append((first + 1, last + 1, Span(para.start, paras[last].end)))
+        first = last + 1
     return passages
 
 
+def _closer(length: int, longer: int, size: int) -> bool:
+    """Whether taking in the next paragraph (giving `longer`) brings a passage of `length` nearer `size`."""
+    return length < size and longer - size < size - length
+
+
 def _windows(sents: list[Span], size: int, overlap: int) -> Iterable[Span]:
-    """Consecutive sentence windows of at most `size` chars, sharing `overlap` sentences."""
+    """Consecutive sentence windows of at most `size` chars (or one longer sentence), sharing `overlap` sentences."""
     first = 0
     while first < len(sents):
         last = first
@@ -160,6 +193,44 @@ def _windows(sents: list[Span], size: int, overlap: int) -> Iterable[Span]:
         if last + 1 >= len(sents):
             return
         first = max(first + 1, last + 1 - overlap)
+
+
+def windows(
+    text: str,
+    passages: list[Span],
+    size: int,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[list[str]], list[int]] | None = None,
+) -> list[list[Span]]:
+    """The spans embedded for each passage: whole sentences up to about `size` characters each,
+    together covering the passage once; a span over `max_tokens` (by `count_tokens`) is halved at
+    a space until it fits, so the model never truncates."""
+    result = [list(_windows(sentences(text, p), size, 0)) for p in passages]
+    if max_tokens is None or count_tokens is None:
+        return result
+    pending = [(i, span) for i, spans in enumerate(result) for span in spans]
+    fitted: list[tuple[int, Span]] = []
+    while pending:  # each round counts every span still in question in one batch
+        counts = count_tokens([text[span.start : span.end] for _, span in pending])
+        over: list[tuple[int, Span]] = []
+        for (i, span), n in zip(pending, counts):
+            if n <= max_tokens or span.end - span.start <= 1:
+                fitted.append((i, span))
+            else:
+                over.extend((i, part) for part in _halve(text, span))
+        pending = over
+    result = [[] for _ in passages]
+    for i, span in sorted(fitted, key=lambda item: (item[0], item[1].start)):
+        result[i].append(span)
+    return result
+
+
+def _halve(text: str, span: Span) -> list[Span]:
+    """Two spans split at the space nearest the middle (or at the middle when there is none)."""
+    middle = (span.start + span.end) // 2
+    left, right = text.rfind(" ", span.start + 1, middle + 1), text.find(" ", middle, span.end - 1)
+    cut = min((c for c in (left, right) if c > span.start), key=lambda c: abs(c - middle), default=middle)
+    return _trimmed(text, span.start, cut) + _trimmed(text, cut, span.end)
 
 
 def _make_chunk(

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
     index = sub.add_parser("index", help="build or update the index from a docs folder")
     _add_paths(index, audit=False)
+    index.add_argument(
+        "--lexical", action="store_true", help="build without dense vectors (replaces a hybrid index's vectors)"
+    )
     index.set_defaults(handler=_cmd_index)
 
     ask = sub.add_parser("ask", help="answer questions with cited passages")
@@ -116,8 +119,9 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 
 def _cmd_index(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    embedder = try_embedder(settings, lambda m: print(f"threatqa: {m}", file=sys.stderr))
-    report = index_folder(settings, embedder)
+    log = lambda m: print(f"threatqa: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    embedder = None if args.lexical else try_embedder(settings, log)
+    report = index_folder(settings, embedder, log, lexical=args.lexical)
     print(describe_build(report))
     return 0
 

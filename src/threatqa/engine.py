@@ -12,20 +12,18 @@ from threatqa.answer import Answer, build_answer
 from threatqa.audit import AuditLog
 from threatqa.chunking import ChunkConfig
 from threatqa.config import Settings
-from threatqa.embeddings import HOW_TO_PROVIDE, Embedder, load_embedder, load_reranker
-from threatqa.errors import IndexMissing, ModelUnavailable, QuestionError, ThreatQAError
-from threatqa.index import (
-    BuildReport,
-    DenseConfig,
-    DocumentInfo,
-    Index,
-    build_index,
-    check_model,
-    current_version,
-    is_stale,
-    open_index,
-    set_compute_threads,
+from threatqa.dense import DenseConfig, set_compute_threads
+from threatqa.embeddings import (
+    BUNDLED_MODEL,
+    HOW_TO_PROVIDE,
+    Embedder,
+    bundled_model_folder,
+    load_embedder,
+    load_reranker,
 )
+from threatqa.errors import IndexMissing, ModelUnavailable, QuestionError, ThreatQAError
+from threatqa.index import BuildReport, DocumentInfo, Index, build_index, current_version, is_stale, open_index
+from threatqa.manifest import check_model
 from threatqa.retrieval import Retriever
 
 
@@ -47,11 +45,12 @@ class Status:
 
 @dataclass(frozen=True)
 class _Live:
-    """The index version in use and its documents, swapped as one object so that every answer
-    sees exactly one index version."""
+    """The index version in use, its documents, and what every answer from it must say (a stale
+    or lexical-only index), swapped as one object so that every answer sees exactly one version."""
 
     retriever: Retriever
     documents: dict[str, DocumentInfo]
+    notices: tuple[str, ...] = ()
 
 
 class Engine:
@@ -61,7 +60,7 @@ class Engine:
         self, settings: Settings, retriever: Retriever, notices: list[str], embedder: Embedder | None = None
     ) -> None:
         self.settings = settings
-        self._live = _Live(retriever, {d.id: d for d in retriever.index.documents()})
+        self._live = _live(retriever, settings, embedder)
         self._embedder = embedder  # kept even while the index is lexical-only, for the next version
         self.notices = tuple(notices)
         self.audit = AuditLog(settings.audit)
@@ -83,20 +82,18 @@ class Engine:
         missing = current_version(settings.index) is None
         if build == "stale" or (build == "missing" and missing):
             embedder, tried = try_embedder(settings, note), True
-            model = embedder.name if embedder else None
-            if missing or is_stale(settings.docs, settings.index, model, chunk_config(settings)):
+            if missing or is_stale(settings.docs, settings.index, embedder, chunk_config(settings)):
                 report = index_folder(settings, embedder, log)
                 log(f"threatqa: {describe_build(report)}")
         index = open_index(settings.index)
         index.lexical.warm_up()
         if index.has_dense and not tried:
             embedder = try_embedder(settings, note)
-        elif not index.has_dense and not tried:
-            note("lexical (BM25) mode: this index was built without an embedding model")
+        elif not index.has_dense and not tried and not settings.model:
+            note("lexical (BM25) mode: no embedding model configured")
         if embedder is not None and index.has_dense:
-            check_model(index.manifest, embedder.name, embedder.dimension)
-        elif embedder is not None:
-            note("the index has no dense vectors (it was built in lexical mode); run `threatqa index` to add them")
+            for message in check_model(index.manifest, embedder):
+                note(message)
         reranker = None
         if settings.rerank_model:
             try:
@@ -105,11 +102,18 @@ class Engine:
                 note(f"re-ranking skipped: {exc}")
         retriever = _retriever(settings, index, embedder, reranker)
         set_compute_threads(settings.question_threads())
-        return cls(settings, retriever, notices, embedder)
+        engine = cls(settings, retriever, notices, embedder)
+        for message in engine._live.notices:
+            log(f"threatqa: {message}")
+        return engine
 
     @property
     def index(self) -> Index:
         return self._live.retriever.index
+
+    @property
+    def retriever(self) -> Retriever:
+        return self._live.retriever
 
     def status(self) -> Status:
         live = self._live
@@ -140,6 +144,7 @@ class Engine:
         result = retriever.search(question, k, documents)
         searched = tuple(d.path for d in docs.values() if not documents or d.id in documents or d.path in documents)
         model = retriever.index.manifest.model if retriever.embedder else None
+        result = replace(result, notices=result.notices + live.notices)
         answer = build_answer(result.question, result, docs, retriever.index.version, model, searched)
         answer = replace(answer, id=uuid.uuid4().hex)
         settings = {"k": k, "documents": documents or [], "mode": retriever.mode, **self._audit_settings()}
@@ -153,7 +158,15 @@ class Engine:
         self.audit.append("feedback", question, {"answer_id": answer_id, "helpful": bool(helpful)}, user, channel)
 
     def _audit_settings(self) -> dict[str, object]:
-        keys = ("model", "rerank_model", "candidates", "min_relevance", "min_dense_score", "chunk_size")
+        keys = (
+            "model",
+            "rerank_model",
+            "candidates",
+            "fusion_weight",
+            "min_relevance",
+            "min_dense_score",
+            "chunk_size",
+        )
         return {key: getattr(self.settings, key) for key in keys}
 
     def reload(self) -> bool:
@@ -170,48 +183,78 @@ class Engine:
             try:
                 index = open_index(self.settings.index)
                 if self._embedder is not None and index.has_dense:
-                    check_model(index.manifest, self._embedder.name, self._embedder.dimension)
+                    check_model(index.manifest, self._embedder)
             except ThreatQAError as exc:
                 self._refused = folder.name
                 _stderr(f"threatqa: kept index {self.index.version}; the new version was refused: {exc}")
                 return False
             old = self._live.retriever
             retriever = _retriever(self.settings, index, self._embedder, old.reranker)
-            self._live = _Live(retriever, {d.id: d for d in index.documents()})
+            self._live = _live(retriever, self.settings, self._embedder)
             return True
+
+
+def _live(retriever: Retriever, settings: Settings, embedder: Embedder | None) -> _Live:
+    notices = []
+    if settings.model and not retriever.index.has_dense:
+        notices.append(
+            "this index has no dense vectors (it was built in lexical mode) although a model is configured: "
+            "answers are lexical (BM25) only; run `threatqa index` to add them"
+        )
+    elif settings.model and embedder is None:
+        notices.append("the embedding model could not be loaded: answers are lexical (BM25) only")
+    return _Live(retriever, {d.id: d for d in retriever.index.documents()}, tuple(notices))
 
 
 def _retriever(settings: Settings, index: Index, embedder: Embedder | None, reranker: object) -> Retriever:
     return Retriever(
         index, embedder, reranker, candidates=settings.candidates, min_relevance=settings.min_relevance,
         min_dense_score=settings.min_dense_score, max_question_chars=settings.max_question_chars,
+        fusion_weight=settings.fusion_weight,
     )  # type: ignore[arg-type]  # fmt: skip
 
 
 def try_embedder(settings: Settings, note: Callable[[str], None]) -> Embedder | None:
+    """The configured model; a hub model that cannot be had falls back to the bundled one, with a notice.
+    None only in lexical mode (no model configured) or when no model at all can be loaded."""
     if not settings.model:
         note("no embedding model configured: lexical (BM25) mode")
         return None
+
+    def load(name: str) -> Embedder:
+        expected = settings.model_sha256 if name == settings.model else ""
+        return load_embedder(name, settings.hub_timeout, settings.backend, settings.question_threads(), expected)
+
     try:
-        return load_embedder(settings.model, settings.hub_timeout, settings.backend, settings.question_threads())
+        return load(settings.model)
     except ModelUnavailable as exc:
-        note(f"{exc}; running in lexical (BM25) mode. {HOW_TO_PROVIDE[0].upper()}{HOW_TO_PROVIDE[1:]}.")
+        problem = str(exc)
+    if settings.model == BUNDLED_MODEL or bundled_model_folder() is None:
+        note(f"{problem}; running in lexical (BM25) mode. {HOW_TO_PROVIDE[0].upper()}{HOW_TO_PROVIDE[1:]}.")
+        return None
+    note(f"{problem}; using the bundled model {BUNDLED_MODEL} instead")
+    try:
+        return load(BUNDLED_MODEL)
+    except ModelUnavailable as exc:
+        note(f"{exc}; running in lexical (BM25) mode")
         return None
 
 
-def index_folder(settings: Settings, embedder: Embedder | None, log: Callable[[str], None] = _stderr) -> BuildReport:
-    """Build or update the index from the docs folder."""
+def index_folder(
+    settings: Settings, embedder: Embedder | None, log: Callable[[str], None] = _stderr, lexical: bool = False
+) -> BuildReport:
+    """Build or update the index from the docs folder. A hybrid index is replaced by a lexical one
+    only in lexical mode (no model configured) or when `lexical` says so."""
     if not settings.docs.is_dir():
         raise IndexMissing(f"docs folder {settings.docs} does not exist; set --docs or THREATQA_DOCS")
     return build_index(
-        settings.docs, settings.index, embedder, chunk_config(settings),
-        settings.max_file_mb, progress=sys.stderr.isatty(), warn=log,
-        dense=DenseConfig(settings.ann_threshold, settings.ann_nprobe),
+        settings.docs, settings.index, embedder, chunk_config(settings), settings.max_file_mb, warn=log,
+        dense=DenseConfig(settings.ann_threshold, settings.ann_nprobe), allow_lexical=lexical or not settings.model,
     )  # fmt: skip
 
 
 def chunk_config(settings: Settings) -> ChunkConfig:
-    return ChunkConfig(settings.chunk_size, settings.chunk_overlap, settings.chunk_max)
+    return ChunkConfig(settings.chunk_size, settings.chunk_overlap, settings.chunk_max, settings.chunk_window)
 
 
 def describe_build(report: BuildReport) -> str:
@@ -220,5 +263,5 @@ def describe_build(report: BuildReport) -> str:
     return (
         f"indexed {report.documents} documents into {report.passages} passages ({report.mode} mode, version "
         f"{report.version}): {len(report.added)} added, {len(report.updated)} changed, {len(report.removed)} "
-        f"removed; {report.embedded} passages embedded, {report.reused} reused"
+        f"removed; {report.embedded} windows embedded, {report.reused} reused, in {report.seconds:.1f} s"
     )

@@ -17,6 +17,10 @@ class ModelUnavailable(ThreatQAError):
     """The embedding or re-ranking model is neither cached nor reachable."""
 
 
+class ModelRejected(ThreatQAError):
+    """The model's files do not match the expected hash: refused, never replaced by another model."""
+
+
 class IndexMissing(ThreatQAError):
     """No index has been built yet in the configured folder."""
 

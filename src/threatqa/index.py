@@ -1,17 +1,13 @@
-"""Stage 4: passages (+ vectors) -> the index folder, written atomically and incrementally.
+"""Stage 4: passages (+ window vectors) -> the index folder, written atomically and incrementally.
 
 Layout of the index folder:
 
     CURRENT            name of the live version folder (replaced atomically)
     v-<id>/            one complete, immutable version
-        manifest.json  schema, model, retrievers, documents, checksums (written last)
-        chunks.sqlite  documents (with their extracted text) and passages (offsets only)
-        dense.faiss    inner-product index over normalised vectors (absent in lexical mode): exact
-                       (Flat) up to `DenseConfig.ann_threshold` passages, approximate (IVF + 8-bit
-                       scalar quantisation) above it
-        vectors.npy    float16 copy of the vectors beside an approximate index, which cannot give
-                       them back exactly; incremental builds reuse them
-        bm25/          BM25 matrix and vocabulary
+        manifest.json  schema, model (by content), retrievers, documents, checksums (written last; manifest.py)
+        chunks.sqlite  documents (with their extracted text) and passages (store.py)
+        dense.faiss, windows.npy (, vectors.npy)   window vectors, absent in lexical mode (dense.py)
+        bm25/          the lexical views (lexical.py)
 
 A build writes a new version beside the live one and only then switches CURRENT, so a build
 killed at any point leaves the previous version loadable. The previous version is kept, so a
@@ -22,85 +18,41 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from threatqa.chunking import Chunk, ChunkConfig, chunk_documents
+from threatqa.chunking import Chunk, ChunkConfig, Span, chunk_documents, windows
+from threatqa.dense import VECTORS, DenseConfig, DenseIndex, compute_threads, write_dense
 from threatqa.embeddings import Embedder
-from threatqa.errors import IndexMismatch, IndexMissing
-from threatqa.ingest import Document, PageSpan, file_sha256, iter_files, load_documents
+from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable
+from threatqa.ingest import Document, file_sha256, load_documents
 from threatqa.lexical import LexicalIndex
+from threatqa.manifest import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    Manifest,
+    check_files,
+    input_fingerprint,
+    read_manifest,
+)
+from threatqa.store import CHUNKS, ChunkStore, DocumentInfo, write_store
 
-# 2: passages keep their own text; 3: lexical views as BM25 matrices by stem / by passage;
-# 4: one character view, stored by sentence, with each n-gram's weight in the sentence and the passage
-SCHEMA_VERSION = 4
 CURRENT = "CURRENT"
-MANIFEST = "manifest.json"
-CHUNKS = "chunks.sqlite"
-DENSE = "dense.faiss"
-VECTORS = "vectors.npy"
 BM25_DIR = "bm25"
-VERIFY_CHECKSUMS_BELOW = 256 * 1024 * 1024  # bytes; larger indexes are checked by size only at load
-_CHUNK_COLUMNS = ", ".join(f'"{f.name}"' for f in fields(Chunk))  # the chunks table has each, by name
+EMBED_SLICE = 512  # windows embedded per call, between progress reports
+PROGRESS_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal
 
-
-@dataclass(frozen=True)
-class DenseConfig:
-    """How the dense index is built: exact search up to `ann_threshold` passages, IVF-SQ8 above.
-
-    Measured on 384-d clustered vectors (benchmarks/ann.py): exact search costs about 0.15 ms per
-    thousand passages a question, so it stays under 2-3 ms up to the default threshold."""
-
-    ann_threshold: int = 20000
-    nprobe: int = 32
-
-
-@dataclass(frozen=True)
-class DocumentInfo:
-    """A document as the index knows it (without its text)."""
-
-    id: str
-    path: str
-    title: str
-    sha256: str
-    date: str | None
-    passages: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    id: str
-    schema_version: int
-    created: str
-    model: str | None
-    dimension: int | None
-    retrievers: tuple[str, ...]
-    chunking: dict[str, int]
-    documents: dict[str, dict[str, object]]
-    chunk_count: int
-    files: dict[str, dict[str, object]]
-    inputs: str  # input_fingerprint() of the docs folder this version was built from
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> Manifest:
-        values = {name: data[name] for name in cls.__dataclass_fields__}
-        values["retrievers"] = tuple(values["retrievers"])  # type: ignore[arg-type]
-        return cls(**values)  # type: ignore[arg-type]
-
-    def to_json(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__} | {"retrievers": list(self.retrievers)}
+__all__ = ["SCHEMA_VERSION", "BuildReport", "DenseConfig", "DocumentInfo", "Index", "build_index", "open_index"]
 
 
 @dataclass(frozen=True)
@@ -114,29 +66,24 @@ class BuildReport:
     added: tuple[str, ...] = ()
     updated: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
-    embedded: int = 0
-    reused: int = 0
+    embedded: int = 0  # windows embedded in this build
+    reused: int = 0  # windows whose vectors came from the previous version
     mode: str = "lexical"
     warnings: tuple[str, ...] = field(default=())
+    seconds: float = 0.0
 
 
 class Index:
-    """One opened, immutable index version: chunk store, BM25 and (optionally) FAISS."""
+    """One opened, immutable index version: chunk store, BM25 and (optionally) the window vectors."""
 
     def __init__(
-        self,
-        folder: Path,
-        manifest: Manifest,
-        lexical: LexicalIndex,
-        dense: object | None,
-        stored_vectors: np.ndarray | None = None,
+        self, folder: Path, manifest: Manifest, store: ChunkStore, lexical: LexicalIndex, dense: DenseIndex | None
     ) -> None:
         self.folder = folder
         self.manifest = manifest
+        self.store = store
         self.lexical = lexical
         self.dense = dense
-        self.stored_vectors = stored_vectors  # memory-mapped float16, beside an approximate index
-        self._local = threading.local()
 
     @property
     def version(self) -> str:
@@ -149,70 +96,18 @@ class Index:
     def __len__(self) -> int:
         return self.manifest.chunk_count
 
-    def _db(self) -> sqlite3.Connection:
-        # one read-only connection per thread: sqlite3 connections must not cross threads
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(f"file:{self.folder / CHUNKS}?mode=ro", uri=True, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-        return conn
-
     def documents(self) -> list[DocumentInfo]:
-        query = (
-            "SELECT d.id, d.path, d.title, d.sha256, d.date, COUNT(c.row) AS passages "
-            "FROM documents d LEFT JOIN chunks c ON c.doc_id = d.id GROUP BY d.id ORDER BY d.path"
-        )
-        return [DocumentInfo(**dict(row)) for row in self._db().execute(query)]
+        return self.store.documents()
 
     def document(self, doc_id: str) -> Document:
-        row = self._db().execute("SELECT * FROM documents WHERE id = ?", (doc_id,)).fetchone()
-        if row is None:
-            raise KeyError(doc_id)
-        return _document_from_row(row)
+        return self.store.document(doc_id)
 
     def chunks(self, rows: list[int]) -> list[Chunk]:
-        """Passages by row number (FAISS id), in the order asked."""
-        if not rows:
-            return []
-        cursor = self._db().cursor()
-        cursor.row_factory = None  # plain tuples, in Chunk's field order
-        query = f"SELECT row, {_CHUNK_COLUMNS} FROM chunks WHERE row IN ({','.join('?' * len(rows))})"
-        found = {row[0]: row[1:] for row in cursor.execute(query, [int(r) for r in rows])}
-        return [Chunk(*found[r]) for r in rows]
+        """Passages by row number, in the order asked."""
+        return self.store.chunks(rows)
 
     def rows_for_documents(self, doc_ids_or_paths: list[str]) -> np.ndarray:
-        """Row numbers of every passage of the given documents (ids or paths)."""
-        marks = ",".join("?" * len(doc_ids_or_paths))
-        query = (
-            "SELECT c.row FROM chunks c JOIN documents d ON d.id = c.doc_id "
-            f"WHERE d.id IN ({marks}) OR d.path IN ({marks})"
-        )
-        params = list(doc_ids_or_paths) * 2
-        return np.array([r[0] for r in self._db().execute(query, params)], dtype=np.int64)
-
-    def vectors(self, rows: list[int]) -> np.ndarray:
-        """Stored vectors for rows (used by incremental builds to skip re-embedding)."""
-        if self.dense is None or not rows:
-            return np.zeros((0, self.manifest.dimension or 0), dtype=np.float32)
-        if self.stored_vectors is not None:
-            return np.asarray(self.stored_vectors[rows], dtype=np.float32)
-        return np.vstack([self.dense.reconstruct(int(r)) for r in rows]).astype(np.float32)  # type: ignore[attr-defined]
-
-    def dense_search(self, vector: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and rows of the k nearest passages, only among mask's rows when a mask is given."""
-        import faiss
-
-        _use_threads(_question_threads)
-        params = None
-        if mask is not None:
-            selector = faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64))
-            if isinstance(self.dense, faiss.IndexIVF):
-                # every list: the chosen rows may all sit in lists the question is not near
-                params = faiss.SearchParametersIVF(sel=selector, nprobe=self.dense.nlist)
-            else:
-                params = faiss.SearchParameters(sel=selector)
-        return self.dense.search(vector, min(k, len(self)), params=params)  # type: ignore[union-attr]
+        return self.store.rows_for_documents(doc_ids_or_paths)
 
 
 # ---------------------------------------------------------------------------------------- open
@@ -237,128 +132,21 @@ _LOAD_LOCK = threading.Lock()
 def open_index(index_dir: Path, verify: bool = True) -> Index:
     """Open the live index version; damaged or missing files are a clear error."""
     with _LOAD_LOCK:
-        return _open_index(index_dir, verify)
-
-
-def _open_index(index_dir: Path, verify: bool) -> Index:
-    folder = current_version(index_dir)
-    if folder is None:
-        raise IndexMissing(f"no index in {index_dir}: build it with `threatqa index --index {index_dir}`")
-    manifest = read_manifest(folder)
-    if verify:
-        check_files(folder, manifest)
-    lexical = LexicalIndex(folder / BM25_DIR)
-    dense = stored = None
-    if "dense" in manifest.retrievers:
-        import faiss
-
-        try:
-            # memory-mapped: pages load on demand and are shared by every process serving the index
-            dense = faiss.read_index(str(folder / DENSE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-            if VECTORS in manifest.files:
-                stored = np.load(folder / VECTORS, mmap_mode="r")
-        except (RuntimeError, ValueError) as exc:
-            raise IndexMismatch(f"{folder / DENSE} is unreadable ({exc}); rebuild with `threatqa index`") from None
-        if dense.ntotal != manifest.chunk_count or dense.d != manifest.dimension:
-            raise IndexMismatch(
-                f"{folder / DENSE} holds {dense.ntotal} vectors of dimension {dense.d}, the manifest says "
-                f"{manifest.chunk_count} of {manifest.dimension}; rebuild with `threatqa index`"
+        folder = current_version(index_dir)
+        if folder is None:
+            raise IndexMissing(f"no index in {index_dir}: build it with `threatqa index --index {index_dir}`")
+        manifest = read_manifest(folder)
+        if verify:
+            check_files(folder, manifest)
+        dense = None
+        if manifest.has_dense:
+            dense = DenseIndex.open(
+                folder, manifest.chunk_count, int(manifest.dimension or 0), VECTORS in manifest.files
             )
-    return Index(folder, manifest, lexical, dense, stored)
-
-
-def read_manifest(folder: Path) -> Manifest:
-    try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        manifest = Manifest.from_json(data)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IndexMismatch(
-            f"index manifest {folder / MANIFEST} is unreadable ({exc}); rebuild with `threatqa index`"
-        ) from None
-    if manifest.schema_version != SCHEMA_VERSION:
-        raise IndexMismatch(
-            f"index schema {manifest.schema_version} is not the supported {SCHEMA_VERSION}; "
-            "rebuild with `threatqa index`"
-        )
-    return manifest
-
-
-def check_files(folder: Path, manifest: Manifest) -> None:
-    """Every file the manifest lists exists with its size (and checksum, for small indexes)."""
-    total = sum(int(info["bytes"]) for info in manifest.files.values())  # type: ignore[call-overload]
-    for name, info in manifest.files.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != info["bytes"]:
-            raise IndexMismatch(f"index file {path} is missing or truncated; rebuild with `threatqa index`")
-        if total <= VERIFY_CHECKSUMS_BELOW and file_sha256(path) != info["sha256"]:
-            raise IndexMismatch(f"index file {path} does not match its checksum; rebuild with `threatqa index`")
-
-
-def check_model(manifest: Manifest, model: str, dimension: int | None = None) -> None:
-    """A dense index must be queried with the model that built it."""
-    if "dense" not in manifest.retrievers or not model:
-        return
-    if manifest.model != model:
-        raise IndexMismatch(
-            f"the index was built with model {manifest.model!r} but the configured model is {model!r}; "
-            f"rebuild with `threatqa index` or set THREATQA_MODEL={manifest.model}"
-        )
-    if dimension is not None and dimension != manifest.dimension:
-        raise IndexMismatch(
-            f"model {model!r} gives {dimension}-d vectors but the index holds {manifest.dimension}-d ones; "
-            "rebuild with `threatqa index`"
-        )
+        return Index(folder, manifest, ChunkStore(folder / CHUNKS), LexicalIndex(folder / BM25_DIR), dense)
 
 
 # --------------------------------------------------------------------------------------- build
-
-
-# FAISS threads per question (0: OpenMP's default). An OpenMP thread count belongs to the thread
-# that sets it, and questions are searched on whichever thread the server gives them, so each
-# search applies it (Index.dense_search); without that, every thread but the one that set it ran
-# FAISS on all cores.
-_question_threads = 0
-
-
-def set_compute_threads(threads: int) -> None:
-    """CPU threads FAISS (OpenMP) and PyTorch, when loaded, use for a question, process-wide.
-
-    A server answers `workers` questions at once: PyTorch, FAISS (and ONNX Runtime, whose query
-    session is made with its own count) do best with one thread each on a 2-core machine at two
-    questions at once (benchmarks/threads.py). PyTorch and FAISS share one OpenMP runtime, which
-    PyTorch sets to its count in each thread it runs on, hence one count for the two."""
-    global _question_threads
-    if (torch := sys.modules.get("torch")) is not None:
-        torch.set_num_threads(threads)
-    _question_threads = threads
-    _use_threads(threads)
-
-
-def _use_threads(threads: int) -> None:
-    """FAISS on this thread uses `threads` threads (0: leave it as it is)."""
-    import faiss
-
-    if threads and faiss.omp_get_max_threads() != threads:
-        faiss.omp_set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def compute_threads(threads: int) -> Iterator[None]:
-    """The block runs with `threads` compute threads (an index build uses every core); restored after.
-    FAISS's count is this thread's, so questions answered meanwhile on other threads keep theirs."""
-    import faiss
-
-    torch = sys.modules.get("torch")
-    before = faiss.omp_get_max_threads(), torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(threads)
-    _use_threads(threads)
-    try:
-        yield
-    finally:
-        if torch is not None:
-            torch.set_num_threads(before[1])
-        _use_threads(before[0])
 
 
 def build_index(
@@ -367,11 +155,15 @@ def build_index(
     embedder: Embedder | None,
     chunking: ChunkConfig = ChunkConfig(),
     max_file_mb: float = 50.0,
-    progress: bool = False,
     warn: Callable[[str], None] = print,
     dense: DenseConfig = DenseConfig(),
+    allow_lexical: bool = False,
 ) -> BuildReport:
-    """Index docs_dir into index_dir, re-embedding only added or changed documents."""
+    """Index docs_dir into index_dir, re-embedding only added or changed documents.
+
+    Without an embedder, a hybrid index is not replaced by a lexical one unless `allow_lexical`
+    (the user chose lexical mode): that raises ModelUnavailable instead."""
+    began = time.perf_counter()
     warnings: list[str] = []
 
     def note(message: str) -> None:
@@ -383,17 +175,20 @@ def build_index(
     with _build_lock(index_dir), compute_threads(os.cpu_count() or 1):
         previous = _previous(index_dir, note)
         fingerprint = input_fingerprint(docs_dir, chunking)
-        model = embedder.name if embedder else None
-        if previous is not None and previous.manifest.inputs == fingerprint and previous.manifest.model == model:
+        if previous is not None and previous.manifest.inputs == fingerprint and previous.manifest.built_with(embedder):
             return _unchanged_report(previous, warnings)
-        if previous is not None and previous.has_dense and embedder is None:
-            note("warning: no embedding model available; the new index version is lexical only")
+        if previous is not None and previous.has_dense and embedder is None and not allow_lexical:
+            raise ModelUnavailable(
+                f"no embedding model is available and index {previous.version} has dense vectors: not replacing it "
+                "with a lexical-only index. Make the model available, or choose lexical mode (`threatqa index "
+                "--lexical`, or THREATQA_MODEL= empty)"
+            )
         chunks = chunk_documents(documents, chunking)
-        reusable = previous if previous and _compatible(previous.manifest, chunking, embedder) else None
-        vectors, embedded, reused = _vectors(chunks, documents, reusable, embedder, progress)
+        reusable = previous if previous and previous.manifest.chunking == asdict(chunking) else None
+        vectors, spans, embedded, reused = _vectors(chunks, documents, reusable, embedder, chunking.window, note)
         version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{fingerprint[:8]}"
         manifest = _write_version(
-            index_dir, version, documents, chunks, vectors, embedder, chunking, fingerprint, dense
+            index_dir, version, documents, chunks, vectors, spans, embedder, chunking, fingerprint, dense
         )
         _switch(index_dir, version)
         _prune(index_dir, keep={version, previous.folder.name if previous else ""})
@@ -411,10 +206,11 @@ def build_index(
         reused=reused,
         mode="hybrid" if embedder else "lexical",
         warnings=tuple(warnings),
+        seconds=time.perf_counter() - began,
     )
 
 
-def is_stale(docs_dir: Path, index_dir: Path, model: str | None, chunking: ChunkConfig = ChunkConfig()) -> bool:
+def is_stale(docs_dir: Path, index_dir: Path, model: Embedder | None, chunking: ChunkConfig = ChunkConfig()) -> bool:
     """True when the docs folder or the chunk settings no longer match the live index, or a model
     is available that the index was not built with. `model=None` (no model available) never asks
     for a rebuild by itself: a dense index is then queried lexically rather than thrown away."""
@@ -425,18 +221,9 @@ def is_stale(docs_dir: Path, index_dir: Path, model: str | None, chunking: Chunk
         manifest = read_manifest(folder)
     except IndexMismatch:
         return True
-    if model is not None and manifest.model != model:
+    if model is not None and not manifest.built_with(model):
         return True
     return manifest.inputs != input_fingerprint(docs_dir, chunking)
-
-
-def input_fingerprint(docs_dir: Path, chunking: ChunkConfig) -> str:
-    """Hash of every candidate file (path and bytes, skipped ones included) and the chunk settings."""
-    digest = hashlib.sha256(json.dumps([SCHEMA_VERSION, asdict(chunking)], sort_keys=True).encode())
-    if docs_dir.is_dir():
-        for path in iter_files(docs_dir):
-            digest.update(f"{path.relative_to(docs_dir).as_posix()}\0{file_sha256(path)}\n".encode())
-    return digest.hexdigest()
 
 
 def _previous(index_dir: Path, warn: Callable[[str], None]) -> Index | None:
@@ -449,16 +236,6 @@ def _previous(index_dir: Path, warn: Callable[[str], None]) -> Index | None:
         return None
 
 
-def _compatible(manifest: Manifest, chunking: ChunkConfig, embedder: Embedder | None) -> bool:
-    return (
-        manifest.chunking == asdict(chunking)
-        and embedder is not None
-        and "dense" in manifest.retrievers
-        and manifest.model == embedder.name
-        and manifest.dimension == embedder.dimension
-    )
-
-
 def _unchanged_report(previous: Index, warnings: list[str]) -> BuildReport:
     manifest = previous.manifest
     return BuildReport(
@@ -466,8 +243,8 @@ def _unchanged_report(previous: Index, warnings: list[str]) -> BuildReport:
         changed=False,
         documents=len(manifest.documents),
         passages=manifest.chunk_count,
-        reused=manifest.chunk_count,
-        mode="hybrid" if "dense" in manifest.retrievers else "lexical",
+        reused=manifest.window_count,
+        mode="hybrid" if manifest.has_dense else "lexical",
         warnings=tuple(warnings),
     )
 
@@ -477,29 +254,65 @@ def _vectors(
     documents: list[Document],
     previous: Index | None,
     embedder: Embedder | None,
-    progress: bool,
-) -> tuple[np.ndarray | None, int, int]:
-    """Vectors for every chunk: reused from the previous index for unchanged documents."""
+    window: int,
+    log: Callable[[str], None],
+) -> tuple[np.ndarray | None, np.ndarray | None, int, int]:
+    """Window spans (passage row, start, end) and their vectors; vectors of unchanged documents
+    are reused from the previous version when it was built with the same model."""
     if embedder is None:
-        return None, 0, 0
-    vectors = np.zeros((len(chunks), embedder.dimension), dtype=np.float32)
-    todo: list[int] = []
-    old_docs = previous.manifest.documents if previous else {}
-    by_doc: dict[str, list[int]] = {}
-    for i, chunk in enumerate(chunks):
-        by_doc.setdefault(chunk.doc_id, []).append(i)
+        return None, None, 0, 0
+    rows_of: dict[str, list[int]] = {}
+    for row, chunk in enumerate(chunks):
+        rows_of.setdefault(chunk.doc_id, []).append(row)
+    spans: list[tuple[int, int, int]] = []
+    reuse: dict[int, np.ndarray] = {}  # first window number -> vectors of a whole unchanged document
+    old_docs = previous.manifest.documents if previous is not None else {}
+    same_model = previous is not None and previous.dense is not None and previous.manifest.built_with(embedder)
     for document in documents:
-        positions = by_doc.get(document.id, [])
+        rows = rows_of.get(document.id, [])
+        parts = windows(document.text, [Span(chunks[r].start, chunks[r].end) for r in rows], window,
+                        embedder.max_tokens, embedder.count_tokens)  # fmt: skip
+        first = len(spans)
+        spans.extend((row, s.start, s.end) for row, part in zip(rows, parts) for s in part)
         old = old_docs.get(document.path)
-        if previous is not None and old and old["sha256"] == document.sha256 and old["chunks"] == len(positions):
-            vectors[positions] = previous.vectors(
-                list(range(int(old["first_row"]), int(old["first_row"]) + len(positions)))
-            )  # type: ignore[call-overload]
-        else:
-            todo.extend(positions)
-    if todo:
-        vectors[todo] = embedder.encode_documents([chunks[i].text for i in todo], progress=progress)
-    return vectors, len(todo), len(chunks) - len(todo)
+        if same_model and old and old["sha256"] == document.sha256 and old["chunks"] == len(rows):
+            old_rows = range(int(old["first_row"]), int(old["first_row"]) + len(rows))  # type: ignore[call-overload]
+            ids = previous.dense.window_ids(list(old_rows))  # type: ignore[union-attr]
+            if len(ids) == len(spans) - first:
+                reuse[first] = previous.dense.vectors(ids)  # type: ignore[union-attr]
+    table = np.array(spans, dtype=np.int64).reshape(-1, 3)
+    vectors = np.zeros((len(table), embedder.dimension), dtype=np.float32)
+    reused = np.zeros(len(table), dtype=bool)
+    for first, block in reuse.items():
+        vectors[first : first + len(block)] = block
+        reused[first : first + len(block)] = True
+    todo = np.flatnonzero(~reused)
+    doc_text = {d.id: d.text for d in documents}
+    window_texts = [doc_text[chunks[int(table[i, 0])].doc_id][table[i, 1] : table[i, 2]] for i in todo]
+    vectors[todo] = _embed(embedder, window_texts, log)
+    return vectors, table, len(todo), int(reused.sum())
+
+
+def _embed(embedder: Embedder, texts: list[str], log: Callable[[str], None]) -> np.ndarray:
+    """Vectors of texts, a slice at a time: a progress bar on a terminal, else a line every few seconds."""
+    out = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
+    if not texts:
+        return out
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(texts), desc="Embedding", unit="window") if sys.stderr.isatty() else None
+    began = last = time.perf_counter()
+    for start in range(0, len(texts), EMBED_SLICE):
+        out[start : start + EMBED_SLICE] = embedder.encode_documents(texts[start : start + EMBED_SLICE])
+        done, now = min(start + EMBED_SLICE, len(texts)), time.perf_counter()
+        if bar is not None:
+            bar.update(done - bar.n)
+        elif now - last >= PROGRESS_EVERY or done == len(texts):
+            log(f"embedded {done:,} of {len(texts):,} windows ({done / max(now - began, 1e-9):,.0f}/s)")
+            last = now
+    if bar is not None:
+        bar.close()
+    return out
 
 
 def _write_version(
@@ -508,6 +321,7 @@ def _write_version(
     documents: list[Document],
     chunks: list[Chunk],
     vectors: np.ndarray | None,
+    spans: np.ndarray | None,
     embedder: Embedder | None,
     chunking: ChunkConfig,
     fingerprint: str,
@@ -516,17 +330,11 @@ def _write_version(
     staging = index_dir / f".tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        _write_store(staging / CHUNKS, documents, chunks)
+        write_store(staging / CHUNKS, documents, chunks)
         LexicalIndex.build([c.text for c in chunks], staging / BM25_DIR)
-        retrievers = ["bm25"]
-        if vectors is not None and embedder is not None:
-            import faiss
-
-            dense = build_dense(vectors, dense_config)
-            faiss.write_index(dense, str(staging / DENSE))
-            if not isinstance(dense, faiss.IndexFlat):
-                np.save(staging / VECTORS, vectors.astype(np.float16))
-            retrievers.append("dense")
+        dense = vectors is not None and spans is not None and embedder is not None
+        if dense:
+            write_dense(staging, vectors, spans, dense_config)  # type: ignore[arg-type]
         files = {
             str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
             for path in sorted(staging.rglob("*"))
@@ -537,13 +345,17 @@ def _write_version(
         for row, chunk in enumerate(chunks):
             first_rows.setdefault(chunk.doc_id, row)
             counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+        model = embedder if dense else None
         manifest = Manifest(
             id=version,
             schema_version=SCHEMA_VERSION,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            model=embedder.name if embedder and vectors is not None else None,
-            dimension=embedder.dimension if embedder and vectors is not None else None,
-            retrievers=tuple(retrievers),
+            model=model.name if model else None,
+            model_fingerprint=model.fingerprint if model else None,
+            backend=model.backend if model else None,
+            precision=model.precision if model else None,
+            dimension=model.dimension if model else None,
+            retrievers=("bm25", "dense") if dense else ("bm25",),
             chunking=asdict(chunking),
             documents={
                 d.path: {
@@ -555,6 +367,7 @@ def _write_version(
                 for d in documents
             },
             chunk_count=len(chunks),
+            window_count=len(spans) if dense else 0,  # type: ignore[arg-type]
             files=files,
             inputs=fingerprint,
         )
@@ -565,85 +378,6 @@ def _write_version(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def build_dense(vectors: np.ndarray, config: DenseConfig = DenseConfig()) -> object:
-    """A FAISS inner-product index (== cosine on normalised vectors): exact while small, IVF-SQ8 above.
-
-    IVF with 8-bit scalar quantisation measured better than HNSW here (benchmarks/ann.py, 1M
-    clustered 384-d vectors): similar recall@10 at a few ms, a quarter of the memory, a faster build."""
-    import faiss
-
-    n, dim = vectors.shape
-    if n <= config.ann_threshold:
-        index = faiss.IndexFlatIP(dim)
-        index.add(vectors)
-        return index
-    nlist = ann_lists(n)
-    index = faiss.IndexIVFScalarQuantizer(
-        faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-    )
-    # k-means on a sample: 64 points a list is plenty, and bounds the training time at any size
-    sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
-    index.cp.niter = 10
-    index.train(vectors[np.sort(sample)])
-    index.add(vectors)
-    index.nprobe = min(config.nprobe, nlist)
-    return index
-
-
-def ann_lists(n: int) -> int:
-    """IVF lists for n vectors: about 4 * sqrt(n), a power of two up to 4096 (fewer for a tiny
-    corpus: k-means wants about 40 points a list)."""
-    return int(max(1, min(4096, 2 ** round(np.log2(4 * np.sqrt(n))), n // 40)))
-
-
-def _write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        conn.executescript(
-            """
-            CREATE TABLE documents (id TEXT PRIMARY KEY, path TEXT UNIQUE NOT NULL, title TEXT NOT NULL,
-                sha256 TEXT NOT NULL, date TEXT, body_start INTEGER NOT NULL, pages TEXT NOT NULL, text TEXT NOT NULL);
-            CREATE TABLE chunks (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,
-                doc_id TEXT NOT NULL REFERENCES documents(id), ordinal INTEGER NOT NULL, start INTEGER NOT NULL,
-                "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL, paragraph_end INTEGER NOT NULL,
-                line_start INTEGER NOT NULL, line_end INTEGER NOT NULL,
-                page INTEGER, page_end INTEGER, sha256 TEXT NOT NULL, text TEXT NOT NULL);
-            CREATE INDEX chunks_doc ON chunks(doc_id);
-            """
-        )
-        conn.executemany(
-            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    d.id,
-                    d.path,
-                    d.title,
-                    d.sha256,
-                    d.date,
-                    d.body_start,
-                    json.dumps([list(p.__dict__.values()) for p in d.pages]),
-                    d.text,
-                )
-                for d in documents
-            ],
-        )
-        conn.executemany(
-            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (row, c.id, c.doc_id, c.ordinal, c.start, c.end, c.paragraph, c.paragraph_end, c.line_start,
-                 c.line_end, c.page, c.page_end, passage_sha256(c.text), c.text)
-                for row, c in enumerate(chunks)
-            ],
-        )  # fmt: skip
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def passage_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _switch(index_dir: Path, version: str) -> None:
@@ -693,11 +427,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _document_from_row(row: sqlite3.Row) -> Document:
-    pages = tuple(PageSpan(*p) for p in json.loads(row["pages"]))
-    return Document(
-        id=row["id"], path=row["path"], title=row["title"], sha256=row["sha256"], date=row["date"],
-        text=row["text"], body_start=row["body_start"], pages=pages,
-    )  # fmt: skip

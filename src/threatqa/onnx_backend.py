@@ -6,14 +6,14 @@ to int8 with ONNX Runtime's dynamic quantisation, and run with onnxruntime and t
 `tokenizers` tokenizer. Pooling, normalisation and the query/document prompts are read from the
 sentence-transformers model, so the vectors match its own (cosine > 0.9999 in fp32).
 
-The export is cached beside the model (`<model folder>/threatqa-onnx/`) or, when that folder is
-not writable or the model comes from the hub cache, in `~/.cache/threatqa/onnx/<name-hash>/`.
-Serving from the cache imports neither torch nor sentence-transformers, which keeps cold start short.
+The export is cached in the user's cache folder (`$XDG_CACHE_HOME/threatqa/onnx/<fingerprint>/`),
+keyed by the model's content fingerprint, never written into the model folder (which may be
+read-only, shared, or a package's). Serving from the cache imports neither torch nor
+sentence-transformers, which keeps cold start short.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,9 +30,8 @@ import numpy as np
 
 from threatqa.errors import ModelUnavailable
 
-CACHE_FOLDER = "threatqa-onnx"
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "threatqa" / "onnx"
-EXPORT_VERSION = 1  # bump when the export itself changes, so old caches are rebuilt
+EXPORT_VERSION = 2  # bump when the export itself changes, so old caches are rebuilt
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 INSTALL_HINT = "the onnx backend needs onnxruntime and onnx: pip install 'threatqa[onnx]'"
@@ -42,7 +41,7 @@ INSTALL_HINT = "the onnx backend needs onnxruntime and onnx: pip install 'threat
 class OnnxSpec:
     """What the exported graph needs around it to reproduce the sentence-transformers model."""
 
-    fingerprint: str  # of the source model's files; a changed model is exported again
+    fingerprint: str  # of the source model's content (embeddings.model_fingerprint)
     dimension: int
     max_length: int
     pooling: str
@@ -60,20 +59,31 @@ class OnnxEmbedder:
     builds) get a session with every core, created on first use so a server that only answers
     never pays for it."""
 
+    backend = "onnx"
+
     def __init__(self, folder: Path, name: str, quantize: bool = True, query_threads: int = 1) -> None:
         self.folder = folder
         self.name = name
         self.quantized = quantize
+        self.precision = "int8" if quantize else "fp32"
         spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
         self.spec = OnnxSpec(**(spec | {"input_names": tuple(spec["input_names"])}))
+        self.fingerprint = self.spec.fingerprint
         self.dimension = self.spec.dimension
+        self.max_tokens = self.spec.max_length
         self._path = folder / ("model-int8.onnx" if quantize else "model.onnx")
         self._tokenizer = _tokenizer(folder / "tokenizer.json", self.spec.max_length)
         self._query_session = _session(self._path, threads=query_threads)
         self._document_session: Any = None
         self._lock = threading.Lock()
+        self._counter = _tokenizer(folder / "tokenizer.json", None)
 
-    def encode_documents(self, texts: list[str], progress: bool = False, batch_size: int = 32) -> np.ndarray:
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes as a passage (special tokens and the document prompt included)."""
+        prompt = self.spec.document_prompt
+        return [len(e.ids) for e in self._counter.encode_batch([prompt + t for t in texts])] if texts else []
+
+    def encode_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Vectors for passages, with the model's document prompt when it has one."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -84,9 +94,7 @@ class OnnxEmbedder:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         prompt = self.spec.document_prompt
-        from tqdm.auto import tqdm
-
-        for start in tqdm(range(0, len(texts), batch_size), desc="Embedding", unit="batch", disable=not progress):
+        for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
             out[rows] = self._encode(self._document_session, [prompt + texts[i] for i in rows])
         return out
@@ -107,30 +115,25 @@ class OnnxEmbedder:
 
 
 def load_onnx_embedder(
-    name: str, location: str, local: bool, query_threads: int = 1, quantize: bool = True
+    name: str, location: str, fingerprint: str, query_threads: int = 1, quantize: bool = True
 ) -> OnnxEmbedder:
-    """The ONNX embedder for a resolved model, exporting (and quantising) it on first use."""
+    """The ONNX embedder for a local model folder, exporting (and quantising) it on first use."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise ModelUnavailable(f"model {name!r}: {INSTALL_HINT}") from None
-    source = Path(location)
-    folder = cache_folder(name, source if local else None)
-    fingerprint = _fingerprint(source) if local else name
+    folder = cache_folder(fingerprint)
     if not _cached(folder, fingerprint):
-        export(name, location, local, folder, fingerprint)
+        export(name, location, folder, fingerprint)
     return OnnxEmbedder(folder, name, quantize, query_threads)
 
 
-def cache_folder(name: str, source: Path | None) -> Path:
-    """Beside a writable local model folder; otherwise in the user cache, keyed by the name."""
-    if source is not None and source.is_dir() and os.access(source, os.W_OK) and "huggingface" not in source.parts:
-        return source / CACHE_FOLDER
-    key = hashlib.sha256(f"{name}\0{source or ''}".encode()).hexdigest()[:16]
-    return USER_CACHE / f"{Path(name).name}-{key}"
+def cache_folder(fingerprint: str) -> Path:
+    """The export's folder in the user cache: one per model content, wherever the model lies."""
+    return USER_CACHE / fingerprint[:32]
 
 
-def export(name: str, location: str, local: bool, folder: Path, fingerprint: str) -> None:
+def export(name: str, location: str, folder: Path, fingerprint: str) -> None:
     """Export the model's transformer to ONNX (fp32 and int8) with what pooling needs, atomically."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -138,7 +141,7 @@ def export(name: str, location: str, local: bool, folder: Path, fingerprint: str
     except ImportError:
         raise ModelUnavailable(f"model {name!r}: {INSTALL_HINT}") from None
     try:
-        model = SentenceTransformer(location, local_files_only=local, device="cpu")
+        model = SentenceTransformer(location, local_files_only=True, device="cpu")
     except Exception as exc:
         raise ModelUnavailable(f"model {name!r} could not be loaded ({type(exc).__name__}: {exc})") from None
     spec = _spec(model, name, fingerprint)
@@ -223,22 +226,16 @@ def _cached(folder: Path, fingerprint: str) -> bool:
     return spec.get("fingerprint") == fingerprint and spec.get("export_version") == EXPORT_VERSION
 
 
-def _fingerprint(folder: Path) -> str:
-    """Names, sizes and modification times of the model's files (not their bytes: fast on large models)."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and CACHE_FOLDER not in path.parts:
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def _tokenizer(path: Path, max_length: int) -> Any:
+def _tokenizer(path: Path, max_length: int | None) -> Any:
+    """The model's tokenizer: truncating and padding for encoding; neither for counting (None)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.enable_truncation(max_length)
-    tokenizer.enable_padding()  # pads to the longest text in the batch, with the model's pad token
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    if max_length is not None:
+        tokenizer.enable_truncation(max_length)
+        tokenizer.enable_padding()  # pads to the longest text in the batch, with the model's pad token
     return tokenizer
 
 

@@ -1,18 +1,30 @@
 """Stage 5: question -> ranked, de-duplicated hits, with the decision to answer or abstain.
 
-Dense (FAISS) and lexical (BM25) candidates are fused with reciprocal rank fusion, optionally
-re-ranked by a cross-encoder, and overlapping passages of the same document are collapsed to the
-best one. Abstention uses scores that mean the same on every corpus: the share of the question's
-IDF-weighted terms that the passage contains, and the cosine similarity of the dense model.
+Dense (FAISS) and lexical (BM25) candidates are fused by a convex combination of normalised
+scores (Bruch, Gai and Ingber, "An Analysis of Fusion Functions for Hybrid Retrieval", TOIS 2023):
+`fusion_weight` x lexical score / best lexical score + (1 - fusion_weight) x the cosine min-max
+normalised over the dense candidates. Every candidate of either side gets its exact cosine (a
+lexical candidate's windows are scored directly), so a passage is never ranked on one side only.
+The weight was chosen on the dev sets (benchmarks/fusion.py); measured there, it beats reciprocal
+rank fusion, which threw away the score gaps. Optionally a cross-encoder re-ranks the best, and
+overlapping passages of the same document are collapsed to the best one.
+
+Abstention uses two scores that mean the same on every corpus: the share of the question's
+IDF-weighted terms that the best passages contain (coverage), and their best cosine similarity.
+A question is answered when cosine / min_dense_score + coverage / min_relevance >= 1: a line
+through the two thresholds, so either score alone can carry a question, and the two together
+can carry one that neither carries alone (calibrated in benchmarks/abstention.py). Without a
+model the rule is coverage >= min_relevance.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +37,6 @@ from threatqa.lexical import word_tokens
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
 
-RRF_K = 60  # the constant of Cormack et al. (2009); insensitive in practice
 RERANK_POOL = 20  # fused candidates the cross-encoder sees
 
 # The lexical side of a question runs on this pool while the dense side (embedding + FAISS, both
@@ -109,6 +120,7 @@ class Retriever:
         min_relevance: float = 0.3,
         min_dense_score: float = 0.55,
         max_question_chars: int = 2000,
+        fusion_weight: float = 0.5,
     ) -> None:
         self.index = index
         self.embedder = embedder if index.has_dense else None
@@ -117,10 +129,20 @@ class Retriever:
         self.min_relevance = min_relevance
         self.min_dense_score = min_dense_score
         self.max_question_chars = max_question_chars
+        self.fusion_weight = fusion_weight  # 1: lexical only, 0: dense only
+
+    def with_weight(self, fusion_weight: float) -> Retriever:
+        """The same retriever with another fusion weight (1: lexical only, 0: dense only)."""
+        other = copy.copy(self)
+        other.fusion_weight = fusion_weight
+        return other
 
     @property
     def mode(self) -> str:
-        mode = "hybrid" if self.embedder is not None else "lexical"
+        if self.embedder is None or self.fusion_weight >= 1:
+            mode = "lexical"
+        else:
+            mode = "dense" if self.fusion_weight <= 0 else "hybrid"
         return mode + ("+rerank" if self.reranker is not None else "")
 
     def search(self, question: str, k: int = 5, documents: list[str] | None = None) -> Retrieval:
@@ -132,16 +154,22 @@ class Retriever:
         if mask is not None and not mask.any():
             return Retrieval(text, (), False, self.mode, (*notices, "none of the chosen documents is indexed"))
         pool, read = max(self.candidates, k * 4), _Read()
-        if self.embedder is None:
+        mode = self.mode.split("+")[0]
+        empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        vector = None
+        if mode == "lexical":
             lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
-            dense_rows, dense_scores = self._dense(text, pool, mask)  # none: there is no model
+            dense_rows, dense_scores = empty
+        elif mode == "dense":
+            lex_rows, lex_scores = empty
+            vector, (dense_rows, dense_scores) = self._dense(text, pool, mask)
         else:
             # whichever side finishes first reads its best passages while the other runs: most answers
             # are among them
             dense_done = threading.Event()
             lexical = _LEXICAL_POOL.submit(self._lexical, text, pool, mask, 2 * k, dense_done)
             try:
-                dense_rows, dense_scores = self._dense(text, pool, mask)
+                vector, (dense_rows, dense_scores) = self._dense(text, pool, mask)
                 dense_done.set()  # now, not after the reading below: the lexical side need not read too
                 if not lexical.done():
                     read.prefetch(self.index, text, dense_rows[: 2 * k].tolist())
@@ -154,14 +182,14 @@ class Retriever:
             notices.append("no searchable words in the question (only stopwords or symbols)" if no_words
                            else "no passage shares a word with the question")  # fmt: skip
             return Retrieval(text, (), False, self.mode, tuple(notices))
-        ranked = self._fuse(lex_rows, lex_scores, dense_rows, dense_scores)
-        hits = self._collect(text, ranked, dict(zip(lex_rows.tolist(), lex_scores.tolist())),
-                             dict(zip(dense_rows.tolist(), dense_scores.tolist())), k, read)  # fmt: skip
-        answered = self._answered(hits)
-        if answered:  # passages that share no term with the question and are not dense matches are noise
-            hits = [h for h in hits if h.relevance > 0 or (h.dense_score or -1.0) >= self.min_dense_score]
-            hits = [hit if hit.rank == rank else replace(hit, rank=rank) for rank, hit in enumerate(hits, start=1)]
-        return Retrieval(text, tuple(hits), answered, self.mode, tuple(notices))
+        cosines = dict(zip(dense_rows.tolist(), dense_scores.tolist()))
+        if vector is not None and mode == "hybrid":  # the exact cosine of lexical candidates the dense side missed
+            missing = [row for row in lex_rows.tolist() if row not in cosines]
+            cosines.update(zip(missing, self.index.dense.scores(vector, missing).tolist()))  # type: ignore[union-attr]
+        lexical = dict(zip(lex_rows.tolist(), lex_scores.tolist()))
+        weight = self.fusion_weight if mode == "hybrid" else float(mode == "lexical")
+        hits = self._collect(text, fuse(lexical, cosines, dense_scores, weight), lexical, cosines, k, read)
+        return Retrieval(text, tuple(hits), self._answered(hits), self.mode, tuple(notices))
 
     def _mask(self, documents: list[str] | None) -> np.ndarray | None:
         if not documents:
@@ -180,26 +208,10 @@ class Retriever:
             read.prefetch(self.index, text, rows[:best].tolist())
         return rows, scores, read
 
-    def _dense(self, text: str, pool: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        if self.embedder is None or self.index.dense is None:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        scores, rows = self.index.dense_search(self.embedder.encode_query(text), pool, mask)
-        keep = rows[0] >= 0
-        return rows[0][keep].astype(np.int64), scores[0][keep]
-
-    def _fuse(
-        self, lex_rows: np.ndarray, lex_scores: np.ndarray, dense_rows: np.ndarray, dense_scores: np.ndarray
-    ) -> list[tuple[int, float]]:
-        """Rows with their final score, best first."""
-        if not len(dense_rows):
-            return list(zip(lex_rows.tolist(), lex_scores.tolist()))
-        if not len(lex_rows):
-            return list(zip(dense_rows.tolist(), dense_scores.tolist()))
-        fused: dict[int, float] = {}
-        for rows in (lex_rows, dense_rows):
-            for rank, row in enumerate(rows.tolist()):
-                fused[row] = fused.get(row, 0.0) + 1.0 / (RRF_K + rank + 1)
-        return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+    def _dense(self, text: str, pool: int, mask: np.ndarray | None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """The question's vector, and the rows and cosines of its best passages."""
+        vector = self.embedder.encode_query(text)  # type: ignore[union-attr]
+        return vector, self.index.dense.search(vector, pool, mask)  # type: ignore[union-attr]
 
     def _collect(
         self,
@@ -238,6 +250,35 @@ class Retriever:
     def _answered(self, hits: list[Hit]) -> bool:
         if not hits:
             return False
-        best_relevance = max(hit.relevance for hit in hits)
-        best_dense = max((hit.dense_score for hit in hits if hit.dense_score is not None), default=-1.0)
-        return best_relevance >= self.min_relevance or best_dense >= self.min_dense_score
+        coverage = max(hit.relevance for hit in hits)
+        cosine = max((hit.dense_score for hit in hits if hit.dense_score is not None), default=None)
+        return answers(coverage, cosine, self.min_relevance, self.min_dense_score)
+
+
+def answers(coverage: float, cosine: float | None, min_relevance: float, min_dense_score: float) -> bool:
+    """The abstention rule (module docstring): a line through the two thresholds; coverage alone
+    without a dense score."""
+    if cosine is None:
+        return coverage >= min_relevance
+    return max(cosine, 0.0) / max(min_dense_score, 1e-9) + coverage / max(min_relevance, 1e-9) >= 1.0
+
+
+def fuse(
+    lexical: dict[int, float], cosines: dict[int, float], dense_scores: np.ndarray, weight: float
+) -> list[tuple[int, float]]:
+    """Rows with their fused score, best first: weight x lexical / best lexical + (1 - weight) x
+    cosine min-max normalised over the dense candidates (`dense_scores`); a row absent from the
+    lexical side scores 0 there (BM25's own floor)."""
+    best_lexical = max(lexical.values(), default=0.0) or 1.0
+    low, high = (float(dense_scores.min()), float(dense_scores.max())) if len(dense_scores) else (0.0, 0.0)
+    spread = high - low
+
+    def dense(row: int) -> float:
+        cosine = cosines.get(row)
+        if cosine is None:
+            return 0.0
+        return (cosine - low) / spread if spread > 0 else 1.0
+
+    rows = lexical.keys() | (cosines.keys() if weight < 1 else set())
+    fused = {row: weight * lexical.get(row, 0.0) / best_lexical + (1 - weight) * dense(row) for row in rows}
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))

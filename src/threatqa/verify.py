@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from threatqa.errors import IngestError, ThreatQAError
-from threatqa.index import passage_sha256
 from threatqa.ingest import file_sha256, iter_files, read_document
+from threatqa.store import passage_sha256
 
 HOLDS = "holds"
 

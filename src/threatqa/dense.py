@@ -1,0 +1,226 @@
+"""Dense half of the index stage: FAISS over the vectors of passage windows, searched by passage.
+
+Each passage is embedded as windows (runs of whole sentences, see `chunking.windows`), and a
+passage scores by its best window. FAISS ids are window numbers; `owners[w]` is the passage row
+of window `w`, and a passage's windows are consecutive, so `starts` (its CSR pointer) gives them.
+
+Files in an index version:
+    dense.faiss   inner-product index over normalised window vectors: exact (Flat) up to
+                  `DenseConfig.ann_threshold` windows, approximate (IVF + 8-bit scalar quantisation) above
+    windows.npy   int32 (windows, 3): passage row, start and end offsets in the document
+    vectors.npy   float16 copy of the vectors beside an approximate index, which cannot give
+                  them back exactly; incremental builds and exact re-scoring read them
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from threatqa.errors import IndexMismatch
+
+DENSE = "dense.faiss"
+WINDOWS = "windows.npy"
+VECTORS = "vectors.npy"
+# Windows fetched per passage wanted: a passage has about 4 windows of 200 characters, and the
+# best windows of a question cluster in few passages; fetched again, wider, when too few.
+_WINDOWS_PER_PASSAGE = 4
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """How the dense index is built: exact search up to `ann_threshold` vectors, IVF-SQ8 above.
+
+    Measured on 384-d clustered vectors (benchmarks/ann.py): exact search costs about 0.15 ms per
+    thousand vectors a question, so it stays under 2-3 ms up to the default threshold."""
+
+    ann_threshold: int = 20000
+    nprobe: int = 32
+
+
+class DenseIndex:
+    """The window vectors of one index version, searched and scored by passage row."""
+
+    def __init__(self, faiss_index: object, windows: np.ndarray, stored: np.ndarray | None, passages: int) -> None:
+        self.faiss = faiss_index
+        self.windows = windows
+        self.owners = np.ascontiguousarray(windows[:, 0], dtype=np.int64)
+        self.starts = np.searchsorted(self.owners, np.arange(passages + 1)).astype(np.int64)
+        self.stored = stored  # memory-mapped float16, beside an approximate index
+
+    @classmethod
+    def open(cls, folder: Path, passages: int, dimension: int, with_vectors: bool) -> DenseIndex:
+        import faiss
+
+        try:
+            # memory-mapped: pages load on demand and are shared by every process serving the index
+            index = faiss.read_index(str(folder / DENSE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            windows = np.load(folder / WINDOWS)
+            stored = np.load(folder / VECTORS, mmap_mode="r") if with_vectors else None
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise IndexMismatch(f"{folder / DENSE} is unreadable ({exc}); rebuild with `threatqa index`") from None
+        last = int(windows[-1, 0]) if len(windows) else -1  # every passage has a window: the last is the last's
+        if index.ntotal != len(windows) or index.d != dimension or last != passages - 1:
+            raise IndexMismatch(
+                f"{folder / DENSE} holds {index.ntotal} vectors of dimension {index.d} for {len(windows)} windows of "
+                f"{last + 1} passages; the manifest says {passages} passages of dimension {dimension}; rebuild "
+                "with `threatqa index`"
+            )
+        return cls(index, windows, stored, passages)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def window_ids(self, rows: list[int] | np.ndarray) -> np.ndarray:
+        """The window numbers of the given passage rows, in row order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(self.starts[r], self.starts[r + 1]) for r in rows])
+
+    def vectors(self, window_ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of windows (exact for a flat index, float16 copies beside an IVF one)."""
+        if not len(window_ids):
+            return np.zeros((0, self.faiss.d), dtype=np.float32)  # type: ignore[attr-defined]
+        if self.stored is not None:
+            return np.asarray(self.stored[np.asarray(window_ids)], dtype=np.float32)
+        return self.faiss.reconstruct_batch(np.asarray(window_ids, dtype=np.int64))  # type: ignore[attr-defined]
+
+    def search(self, vector: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores (best window's cosine) of the k best passages, only mask's rows when given."""
+        import faiss
+
+        use_threads(_question_threads)
+        params = None
+        if mask is not None:
+            selector = faiss.IDSelectorBatch(np.flatnonzero(mask[self.owners]).astype(np.int64))
+            if isinstance(self.faiss, faiss.IndexIVF):
+                # every list: the chosen rows may all sit in lists the question is not near
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=self.faiss.nlist)
+            else:
+                params = faiss.SearchParameters(sel=selector)
+        wanted = k * _WINDOWS_PER_PASSAGE
+        while True:
+            fetch = min(wanted, len(self))
+            scores, ids = self.faiss.search(vector, fetch, params=params)  # type: ignore[attr-defined]
+            found = ids[0] >= 0
+            rows, best = _best_by_owner(self.owners[ids[0][found]], scores[0][found])
+            if len(rows) >= k or fetch == len(self):
+                return rows[:k], best[:k]
+            wanted *= 4
+
+    def scores(self, vector: np.ndarray, rows: list[int]) -> np.ndarray:
+        """Each row's best window cosine with the (1, d) vector, computed exactly."""
+        if not rows:
+            return np.zeros(0, dtype=np.float32)
+        ids = self.window_ids(rows)
+        cosines = self.vectors(ids) @ vector[0]
+        return np.maximum.reduceat(cosines, _offsets(self.starts, rows))  # every passage has a window
+
+
+def _offsets(starts: np.ndarray, rows: list[int]) -> np.ndarray:
+    """Where each row's windows begin in the concatenation of the rows' windows."""
+    sizes = starts[np.asarray(rows) + 1] - starts[np.asarray(rows)]
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+
+def _best_by_owner(owners: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Passage rows in order of their best window (FAISS returns windows best first)."""
+    rows, first = np.unique(owners, return_index=True)
+    order = np.argsort(first, kind="stable")
+    return rows[order].astype(np.int64), scores[first[order]]
+
+
+def build_dense(vectors: np.ndarray, config: DenseConfig = DenseConfig()) -> object:
+    """A FAISS inner-product index (== cosine on normalised vectors): exact while small, IVF-SQ8 above.
+
+    IVF with 8-bit scalar quantisation measured better than HNSW here (benchmarks/ann.py, 1M
+    clustered 384-d vectors): similar recall@10 at a few ms, a quarter of the memory, a faster build."""
+    import faiss
+
+    n, dim = vectors.shape
+    if n <= config.ann_threshold:
+        index = faiss.IndexFlatIP(dim)
+        index.add(vectors)
+        return index
+    nlist = ann_lists(n)
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    # k-means on a sample: 64 points a list is plenty, and bounds the training time at any size
+    sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
+    index.cp.niter = 10
+    index.train(vectors[np.sort(sample)])
+    index.add(vectors)
+    index.nprobe = min(config.nprobe, nlist)
+    return index
+
+
+def write_dense(folder: Path, vectors: np.ndarray, windows: np.ndarray, config: DenseConfig) -> None:
+    """dense.faiss and windows.npy (and vectors.npy beside an approximate index) into folder."""
+    import faiss
+
+    dense = build_dense(vectors, config)
+    faiss.write_index(dense, str(folder / DENSE))
+    np.save(folder / WINDOWS, windows.astype(np.int32))
+    if not isinstance(dense, faiss.IndexFlat):
+        np.save(folder / VECTORS, vectors.astype(np.float16))
+
+
+def ann_lists(n: int) -> int:
+    """IVF lists for n vectors: about 4 * sqrt(n), a power of two up to 4096 (fewer for a tiny
+    corpus: k-means wants about 40 points a list)."""
+    return int(max(1, min(4096, 2 ** round(np.log2(4 * np.sqrt(n))), n // 40)))
+
+
+# FAISS threads per question (0: OpenMP's default). An OpenMP thread count belongs to the thread
+# that sets it, and questions are searched on whichever thread the server gives them, so each
+# search applies it (DenseIndex.search); without that, every thread but the one that set it ran
+# FAISS on all cores.
+_question_threads = 0
+
+
+def set_compute_threads(threads: int) -> None:
+    """CPU threads FAISS (OpenMP) and PyTorch, when loaded, use for a question, process-wide.
+
+    A server answers `workers` questions at once: PyTorch, FAISS (and ONNX Runtime, whose query
+    session is made with its own count) do best with one thread each on a 2-core machine at two
+    questions at once (benchmarks/threads.py). PyTorch and FAISS share one OpenMP runtime, which
+    PyTorch sets to its count in each thread it runs on, hence one count for the two."""
+    global _question_threads
+    if (torch := sys.modules.get("torch")) is not None:
+        torch.set_num_threads(threads)
+    _question_threads = threads
+    use_threads(threads)
+
+
+def use_threads(threads: int) -> None:
+    """FAISS on this thread uses `threads` threads (0: leave it as it is)."""
+    import faiss
+
+    if threads and faiss.omp_get_max_threads() != threads:
+        faiss.omp_set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def compute_threads(threads: int) -> Iterator[None]:
+    """The block runs with `threads` compute threads (an index build uses every core); restored after.
+    FAISS's count is this thread's, so questions answered meanwhile on other threads keep theirs."""
+    import faiss
+
+    torch = sys.modules.get("torch")
+    before = faiss.omp_get_max_threads(), torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    use_threads(threads)
+    try:
+        yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before[1])
+        use_threads(before[0])

@@ -1,0 +1,133 @@
+"""The manifest of an index version (part of the index stage): what it was built from and with,
+checked whenever the version is opened or queried.
+
+It records the schema, the model by content (`model_fingerprint`) with the backend and precision
+that made the vectors, the chunk settings, every document's hash and every file's checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from threatqa.chunking import ChunkConfig
+from threatqa.errors import IndexMismatch
+from threatqa.ingest import file_sha256, iter_files
+
+# 2: passages keep their own text; 3: lexical views as BM25 matrices by stem / by passage;
+# 4: one character view, stored by sentence; 5: passages do not overlap, dense vectors are of
+# passage windows, the model is identified by content
+SCHEMA_VERSION = 5
+MANIFEST = "manifest.json"
+VERIFY_CHECKSUMS_BELOW = 256 * 1024 * 1024  # bytes; larger indexes are checked by size only at load
+
+
+class ModelIdentity(Protocol):
+    """What an embedder says about itself (embeddings.Embedder, onnx_backend.OnnxEmbedder)."""
+
+    name: str
+    fingerprint: str
+    backend: str
+    precision: str
+    dimension: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    id: str
+    schema_version: int
+    created: str
+    model: str | None  # the name it was configured by (informative; identity is the fingerprint)
+    model_fingerprint: str | None
+    backend: str | None
+    precision: str | None
+    dimension: int | None
+    retrievers: tuple[str, ...]
+    chunking: dict[str, int]
+    documents: dict[str, dict[str, object]]
+    chunk_count: int
+    window_count: int
+    files: dict[str, dict[str, object]]
+    inputs: str  # input_fingerprint() of the docs folder this version was built from
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Manifest:
+        values = {name: data[name] for name in cls.__dataclass_fields__}
+        values["retrievers"] = tuple(values["retrievers"])  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__} | {"retrievers": list(self.retrievers)}
+
+    @property
+    def has_dense(self) -> bool:
+        return "dense" in self.retrievers
+
+    def built_with(self, model: ModelIdentity | None) -> bool:
+        """True when this version's vectors are what `model` makes (same content, backend, precision);
+        a lexical version is built with no model."""
+        if model is None or not self.has_dense:
+            return model is None and not self.has_dense
+        return (self.model_fingerprint, self.backend, self.precision) == (
+            model.fingerprint, model.backend, model.precision
+        )  # fmt: skip
+
+
+def read_manifest(folder: Path) -> Manifest:
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise IndexMismatch(
+                f"index schema {data.get('schema_version')} is not the supported {SCHEMA_VERSION}; "
+                "rebuild with `threatqa index`"
+            )
+        return Manifest.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IndexMismatch(
+            f"index manifest {folder / MANIFEST} is unreadable ({exc}); rebuild with `threatqa index`"
+        ) from None
+
+
+def check_files(folder: Path, manifest: Manifest) -> None:
+    """Every file the manifest lists exists with its size (and checksum, for small indexes)."""
+    total = sum(int(info["bytes"]) for info in manifest.files.values())  # type: ignore[call-overload]
+    for name, info in manifest.files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != info["bytes"]:
+            raise IndexMismatch(f"index file {path} is missing or truncated; rebuild with `threatqa index`")
+        if total <= VERIFY_CHECKSUMS_BELOW and file_sha256(path) != info["sha256"]:
+            raise IndexMismatch(f"index file {path} does not match its checksum; rebuild with `threatqa index`")
+
+
+def check_model(manifest: Manifest, model: ModelIdentity) -> list[str]:
+    """A dense index must be queried with the model that built it, recognised by content: the same
+    model at another path is accepted, another model (even at the same path) is refused. Returns
+    notices when the backend or precision differs (the vectors then differ slightly)."""
+    if not manifest.has_dense:
+        return []
+    if manifest.model_fingerprint != model.fingerprint or manifest.dimension != model.dimension:
+        raise IndexMismatch(
+            f"the index was built with model {manifest.model!r} (content {str(manifest.model_fingerprint)[:12]}, "
+            f"{manifest.dimension}-d) but the configured model {model.name!r} is another (content "
+            f"{model.fingerprint[:12]}, {model.dimension}-d); rebuild with `threatqa index` or configure the model "
+            "the index was built with"
+        )
+    if (manifest.backend, manifest.precision) != (model.backend, model.precision):
+        return [
+            f"the index vectors were made with the {manifest.backend} backend ({manifest.precision}) and questions "
+            f"are embedded with {model.backend} ({model.precision}): rankings may differ slightly; run "
+            "`threatqa index` to rebuild with this backend"
+        ]
+    return []
+
+
+def input_fingerprint(docs_dir: Path, chunking: ChunkConfig) -> str:
+    """Hash of every candidate file (path and bytes, skipped ones included) and the chunk settings."""
+    digest = hashlib.sha256(json.dumps([SCHEMA_VERSION, asdict(chunking)], sort_keys=True).encode())
+    if docs_dir.is_dir():
+        for path in iter_files(docs_dir):
+            digest.update(f"{path.relative_to(docs_dir).as_posix()}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
