@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from threatqa.config import Settings
-from threatqa.evaluation import _engine, default_eval_dir, first_rank, load_seed, load_squad
+from threatqa.evaluation import _engine, default_eval_dir, load_seed, load_squad
 from threatqa.retrieval import clean_question, fuse
 
 POOL = 50

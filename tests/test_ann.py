@@ -9,8 +9,8 @@ import faiss
 import numpy as np
 import pytest
 
-from threatqa.embeddings import load_embedder
 from threatqa.dense import VECTORS, DenseConfig, build_dense
+from threatqa.embeddings import load_embedder
 from threatqa.index import build_index, open_index
 
 CORPUS_FILE = Path(__file__).resolve().parents[1] / "docs" / "NCA-annual-assessment-speech-2023-07-17.txt"

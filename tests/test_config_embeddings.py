@@ -113,8 +113,8 @@ def test_compute_threads_per_question_and_for_builds(
     import faiss
     import torch
 
-    from threatqa.engine import Engine
     from threatqa.dense import compute_threads, set_compute_threads
+    from threatqa.engine import Engine
 
     with compute_threads(faiss.omp_get_max_threads()):  # the process is left as it was found
         monkeypatch.setattr("os.cpu_count", lambda: 8)

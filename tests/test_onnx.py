@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from threatqa.embeddings import load_embedder
 from threatqa import onnx_backend
+from threatqa.embeddings import load_embedder
 from threatqa.onnx_backend import OnnxEmbedder, cache_folder
 from threatqa.retrieval import Retriever
 

@@ -80,18 +80,24 @@ class Settings(BaseSettings):
         le=1.0,
     )
     min_relevance: float = Field(
-        0.15,
-        description="Abstention: the share of the question's weighted terms that the best passages must cover to "
-        "answer on words alone (lexical mode: the only test).",
+        0.35,
+        description="Abstention in lexical mode: answer when a passage covers this share of the question's "
+        "IDF-weighted terms (benchmarks/abstention.py).",
         gt=0.0,
         le=1.0,
     )
     min_dense_score: float = Field(
-        0.55,
-        description="Abstention: the cosine similarity that answers on meaning alone; a question is answered when "
-        "cosine / min_dense_score + coverage / min_relevance >= 1 (benchmarks/abstention.py).",
+        0.70,
+        description="Abstention with a model: answer when a passage's cosine similarity + coverage_weight x its "
+        "term coverage reaches this (benchmarks/abstention.py).",
         gt=0.0,
-        le=1.0,
+        le=2.0,
+    )
+    coverage_weight: float = Field(
+        0.55,
+        description="Abstention with a model: how much a passage's term coverage (0..1) adds to its cosine.",
+        ge=0.0,
+        le=2.0,
     )
     ann_threshold: int = Field(
         20000,

@@ -210,7 +210,7 @@ def _retriever(settings: Settings, index: Index, embedder: Embedder | None, rera
     return Retriever(
         index, embedder, reranker, candidates=settings.candidates, min_relevance=settings.min_relevance,
         min_dense_score=settings.min_dense_score, max_question_chars=settings.max_question_chars,
-        fusion_weight=settings.fusion_weight,
+        fusion_weight=settings.fusion_weight, coverage_weight=settings.coverage_weight,
     )  # type: ignore[arg-type]  # fmt: skip
 
 

@@ -111,17 +111,16 @@ def load_abstention(path: Path = ABSTENTION_FILE) -> list[dict[str, Any]]:
 
 
 def abstention_features(questions: list[dict[str, Any]], documents: dict[str, str], settings: Settings) -> list[dict]:
-    """Each question with whether threatqa answered it and the two scores the rule reads."""
+    """Each question with whether threatqa answered it and, per passage shown, the two scores the
+    rule reads (cosine, coverage)."""
     with tempfile.TemporaryDirectory(prefix="threatqa-eval-") as tmp:
         retriever = _engine(documents, settings, tmp).retriever
         rows = []
         for question in questions:
             result = retriever.search(question["q"], 5)
-            cosines = [h.dense_score for h in result.hits if h.dense_score is not None]
             rows.append(question | {
                 "answered": result.answered,
-                "coverage": max((h.relevance for h in result.hits), default=0.0),
-                "cosine": max(cosines) if cosines else None,
+                "scores": [(h.dense_score, h.relevance) for h in result.hits],
                 "found": first_rank([h.chunk.text for h in result.hits], question["evidence"] or ["\0"]),
             })  # fmt: skip
         return rows

@@ -9,12 +9,13 @@ The weight was chosen on the dev sets (benchmarks/fusion.py); measured there, it
 rank fusion, which threw away the score gaps. Optionally a cross-encoder re-ranks the best, and
 overlapping passages of the same document are collapsed to the best one.
 
-Abstention uses two scores that mean the same on every corpus: the share of the question's
-IDF-weighted terms that the best passages contain (coverage), and their best cosine similarity.
-A question is answered when cosine / min_dense_score + coverage / min_relevance >= 1: a line
-through the two thresholds, so either score alone can carry a question, and the two together
-can carry one that neither carries alone (calibrated in benchmarks/abstention.py). Without a
-model the rule is coverage >= min_relevance.
+Abstention uses two scores that mean the same on every corpus: a passage's cosine similarity
+to the question (its best window's), and the share of the question's IDF-weighted terms it
+contains (coverage). A question is answered when one passage shown has
+cosine + coverage_weight x coverage >= min_dense_score: the passage must match in meaning, and
+matching the question's words lowers the bar (calibrated on half of tests/data/abstention.jsonl
+by benchmarks/abstention.py, reported on the other half). Without a model the rule is
+coverage >= min_relevance.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class Retriever:
         min_dense_score: float = 0.55,
         max_question_chars: int = 2000,
         fusion_weight: float = 0.5,
+        coverage_weight: float = 0.5,
     ) -> None:
         self.index = index
         self.embedder = embedder if index.has_dense else None
@@ -130,6 +132,7 @@ class Retriever:
         self.min_dense_score = min_dense_score
         self.max_question_chars = max_question_chars
         self.fusion_weight = fusion_weight  # 1: lexical only, 0: dense only
+        self.coverage_weight = coverage_weight
 
     def with_weight(self, fusion_weight: float) -> Retriever:
         """The same retriever with another fusion weight (1: lexical only, 0: dense only)."""
@@ -248,19 +251,19 @@ class Retriever:
         ]
 
     def _answered(self, hits: list[Hit]) -> bool:
-        if not hits:
-            return False
-        coverage = max(hit.relevance for hit in hits)
-        cosine = max((hit.dense_score for hit in hits if hit.dense_score is not None), default=None)
-        return answers(coverage, cosine, self.min_relevance, self.min_dense_score)
+        return answers([(h.dense_score, h.relevance) for h in hits], self.min_relevance, self.min_dense_score,
+                       self.coverage_weight)  # fmt: skip
 
 
-def answers(coverage: float, cosine: float | None, min_relevance: float, min_dense_score: float) -> bool:
-    """The abstention rule (module docstring): a line through the two thresholds; coverage alone
-    without a dense score."""
-    if cosine is None:
-        return coverage >= min_relevance
-    return max(cosine, 0.0) / max(min_dense_score, 1e-9) + coverage / max(min_relevance, 1e-9) >= 1.0
+def answers(
+    scores: list[tuple[float | None, float]], min_relevance: float, min_dense_score: float, coverage_weight: float
+) -> bool:
+    """The abstention rule (module docstring) over the passages shown, as (cosine, coverage) pairs:
+    some passage has cosine + coverage_weight x coverage >= min_dense_score; without cosines
+    (lexical mode), some passage covers min_relevance of the question."""
+    if any(cosine is not None for cosine, _ in scores):
+        return any((cosine or 0.0) + coverage_weight * coverage >= min_dense_score for cosine, coverage in scores)
+    return any(coverage >= min_relevance for _, coverage in scores)
 
 
 def fuse(
