@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         le=1.0,
     )
     min_relevance: float = Field(
-        0.35,
+        0.15,
         description="Abstention in lexical mode: answer when a passage covers this share of the question's "
         "IDF-weighted terms (benchmarks/abstention.py).",
         gt=0.0,
