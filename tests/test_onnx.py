@@ -90,7 +90,7 @@ def test_prompts_are_honoured(tmp_path: Path, backends: dict) -> None:
 def test_unknown_backend_names_the_choices(tiny_model: Path) -> None:
     from threatqa.errors import ModelUnavailable
 
-    with pytest.raises(ModelUnavailable, match=r"'tensorflow'.*\['torch', 'onnx'\]"):
+    with pytest.raises(ModelUnavailable, match=r"'tensorflow'.*\['torch', 'onnx', 'onnx-fp32'\]"):
         load_embedder(str(tiny_model), backend="tensorflow")
 
 

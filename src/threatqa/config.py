@@ -41,10 +41,11 @@ class Settings(BaseSettings):
         "",
         description="Optional cross-encoder for re-ranking (hub name or local folder); empty: no re-ranking.",
     )
-    backend: Literal["torch", "onnx"] = Field(
+    backend: Literal["torch", "onnx", "onnx-fp32"] = Field(
         "torch",
-        description="How the embedding model runs: torch (sentence-transformers on PyTorch) or onnx (ONNX Runtime "
-        "with int8 weights, exported once into the user's cache folder; about 5x faster on CPU; needs the onnx extra).",
+        description="How the embedding model runs: torch (sentence-transformers on PyTorch), onnx (ONNX Runtime "
+        "with int8 weights) or onnx-fp32 (ONNX Runtime, full precision); ONNX models are exported once into the "
+        "user's cache folder and need the onnx extra (benchmarks/backends.py).",
     )
     hub_timeout: float = Field(
         3.0, description="Seconds to wait for the model hub before falling back to lexical mode.", gt=0

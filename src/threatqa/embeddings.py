@@ -205,7 +205,7 @@ class Embedder:
         return np.ascontiguousarray(vector, dtype=np.float32)
 
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-fp32")
 
 
 def load_embedder(
@@ -215,8 +215,9 @@ def load_embedder(
 
     A local model (a folder, the bundled package, a cached snapshot) is fingerprinted first, and
     its weights checked against `weights_sha256` or the published hash of a known model.
-    backend "onnx" runs the same model on ONNX Runtime with int8 weights (exported once and cached,
-    see `threatqa.onnx_backend`); it returns an object with the Embedder interface."""
+    backend "onnx" runs the same model on ONNX Runtime with int8 weights, "onnx-fp32" with its own
+    (exported once and cached, see `threatqa.onnx_backend`); both return an object with the
+    Embedder interface."""
     if backend not in BACKENDS:
         raise ModelUnavailable(f"unknown embedding backend {backend!r}; choose one of {list(BACKENDS)}")
     source = resolve_model(name, timeout)
@@ -227,10 +228,11 @@ def load_embedder(
             raise ModelUnavailable(f"model {name!r} was downloaded but is not in the model cache")
         source = ModelSource(name, cached, local=True)
     fingerprint = model_fingerprint(Path(source.location), expected_weights(source, weights_sha256))
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-fp32"):
         from threatqa.onnx_backend import load_onnx_embedder
 
-        return load_onnx_embedder(name, source.location, fingerprint, query_threads)  # type: ignore[return-value]
+        quantize = backend == "onnx"
+        return load_onnx_embedder(name, source.location, fingerprint, query_threads, quantize)  # type: ignore[return-value]
     return Embedder(_load(source, cross_encoder=False), name, fingerprint)
 
 
