@@ -68,9 +68,9 @@ def build_throughput(n: int, rounds: int) -> None:
             embedded: list[str] = []
             bare_encode = embedder.encode_documents
 
-            def recording(batch: list[str], progress: bool = False, _encode=bare_encode, _seen=embedded) -> object:
+            def recording(batch: list[str], batch_size: int = 32, _encode=bare_encode, _seen=embedded) -> object:
                 _seen.extend(batch)
-                return _encode(batch, progress=progress)
+                return _encode(batch, batch_size=batch_size)
 
             # the baseline: model.encode for PyTorch (the one the issue names), the embedder's own for ONNX
             bare = embedder.model.encode if backend == "torch" else bare_encode

@@ -78,7 +78,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (docs / "harbour-bulletin.txt").write_text(HOSTILE_DOC, encoding="utf-8")
     (docs / "phishing-advisory.md").write_text(HOSTILE_MARKDOWN, encoding="utf-8")
     port = _free_port()
-    env = os.environ | {"THREATQA_MODEL": "", "THREATQA_AUDIT": str(root / "audit.sqlite3"), "HF_HUB_OFFLINE": "1"}
+    # the default (bundled) model: the browser sees the hybrid answers users get
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREATQA_")}
+    env |= {"THREATQA_AUDIT": str(root / "audit.sqlite3"), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "threatqa.cli", "serve", "--docs", str(docs), "--index", str(root / "index")]
     log = (root / "server.log").open("w")
     process = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -116,7 +118,7 @@ def test_ask_cite_view_in_context_and_render_markup_literally(server: str) -> No
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         page.on("request", lambda request: None if request.url.startswith(server) else foreign.append(request.url))
         page.goto(server + "/")
-        expect(page.locator("#tqa-status")).to_contain_text("Mode: lexical", timeout=30_000)
+        expect(page.locator("#tqa-status")).to_contain_text("Mode: hybrid", timeout=60_000)
         expect(page.locator("#tqa-status")).to_contain_text("3 documents")
 
         _ask(page, "How many people are involved in serious organised crime in the UK?")
