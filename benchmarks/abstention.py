@@ -69,8 +69,8 @@ def main() -> None:
     print(f"questions (kind, half): {counts}")
 
     hybrid = abstention_features(questions, corpus, settings)
-    steps = [round(x, 3) for x in np.arange(0.30, 1.001, 0.025)]
-    weights = [round(x, 3) for x in np.arange(0.0, 1.001, 0.05)]
+    steps = [round(x, 3) for x in np.arange(0.30, 1.601, 0.025)]
+    weights = [round(x, 3) for x in np.arange(0.0, 1.501, 0.05)]
     threshold, weight = calibrate(hybrid, hybrid_rule, list(itertools.product(steps, weights)))
     print(f"\nhybrid ({settings.model}): calibrated min_dense_score={threshold} coverage_weight={weight}")
     for split in ("calibrate", "holdout"):

@@ -57,23 +57,25 @@ def test_incremental_reindex_embeds_only_changes(tmp_path: Path, docs: Path, emb
     index_dir = tmp_path / "index"
     first = build_index(docs, index_dir, embedder)
     windows = open_index(index_dir).manifest.window_count
-    assert embedder.embedded == first.embedded == windows
     before = open_index(index_dir).dense
+    words = set(before.terms.words)
+    assert embedder.embedded == first.embedded + len(words) and first.embedded == windows  # windows, then words
     vectors_before = before.vectors(before.window_ids(list(range(first.passages))))
 
     embedder.embedded = 0
     _second_doc(docs)
     added = build_index(docs, index_dir, embedder)
     index = open_index(index_dir)
-    assert added.added == ("firearms.md",) and embedder.embedded == index.manifest.window_count - windows
-    assert added.reused == windows
+    new_words = set(index.dense.terms.words) - words
+    assert added.added == ("firearms.md",) and added.embedded == index.manifest.window_count - windows
+    assert embedder.embedded == added.embedded + len(new_words) and added.reused == windows
     rows = index.rows_for_documents(["NCA-annual-assessment-speech-2023-07-17.txt"]).tolist()
     np.testing.assert_allclose(index.dense.vectors(index.dense.window_ids(rows)), vectors_before, atol=1e-6)
 
     embedder.embedded = 0
     _second_doc(docs, "Firearms are smuggled through ports.\n\nBorder Force seized 400 guns.\n")
     updated = build_index(docs, index_dir, embedder)
-    assert updated.updated == ("firearms.md",) and 0 < embedder.embedded < open_index(index_dir).manifest.window_count
+    assert updated.updated == ("firearms.md",) and 0 < updated.embedded < open_index(index_dir).manifest.window_count
 
     embedder.embedded = 0
     unchanged = build_index(docs, index_dir, embedder)

@@ -111,5 +111,40 @@ def test_the_build_embeds_windows_within_the_limit_and_logs_progress(
     assert seen and max(embedder.count_tokens(seen)) <= embedder.max_tokens
     index = open_index(tmp_path / "index")
     assert len(index) > 1 and max(len(c.text) for c in index.chunks(list(range(len(index))))) <= 2000
-    assert any(line.startswith(f"embedded {len(seen)} of {len(seen)} windows") for line in lines), lines
+    windows = index.manifest.window_count
+    assert any(line.startswith(f"embedded {windows} of {windows} windows") for line in lines), lines
+    assert len(seen) == windows + len(index.dense.terms.words), "each window and each distinct word embedded once"
     assert np.all(np.diff(index.dense.owners) >= 0), "a passage's windows are consecutive"
+
+
+def test_term_match_scores_each_question_word_by_its_nearest_passage_word() -> None:
+    from threatqa.dense import term_match
+
+    largest, biggest, budget, criminals = np.eye(4, dtype=np.float32)
+    biggest = (0.8 * largest + 0.6 * biggest).astype(np.float32)  # a near-synonym: cosine 0.8 with "largest"
+    passage = np.vstack([biggest, criminals])
+    weights = np.array([1.0, 3.0, 1.0])
+    assert term_match(np.vstack([largest, budget, criminals]), weights, passage) == pytest.approx((0.8 + 0 + 1) / 5)
+    assert term_match(np.vstack([criminals]), np.array([2.0]), passage) == 1.0, "the word itself matches fully"
+    assert term_match(np.vstack([-criminals]), np.array([1.0]), passage) == 0.0, "negative cosines count as none"
+    assert term_match(np.zeros((0, 4)), np.zeros(0), passage) == 0.0
+
+
+@pytest.mark.slow
+def test_the_real_model_matches_synonyms_in_the_abstention_rule() -> None:
+    """`largest category of offenders` against the corpus's `biggest group of criminals`."""
+    from threatqa.evaluation import _engine
+
+    if embeddings.bundled_model_folder() is None:
+        pytest.fail("the bundled model is not installed")
+    text = (Path(__file__).resolve().parents[1] / "docs" / "NCA-annual-assessment-speech-2023-07-17.txt").read_text()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        retriever = _engine({"nca.txt": text}, Settings.load(), tmp).retriever
+        question = "What is the largest category of offenders in the UK according to the NCA?"
+        result = retriever.search(question, 3)
+        assert "biggest group of criminals" in result.hits[0].chunk.text
+        synonyms = retriever.term_matches(question, [result.hits[0].chunk])[0]
+        assert synonyms > result.hits[0].relevance + 0.3, "meaning matched where the stems were not"
+        assert result.answered

@@ -52,8 +52,8 @@ def test_hybrid_targets_on_the_dev_sets(hybrid: dict) -> None:
 def test_abstention_on_the_held_out_half(hybrid: dict) -> None:
     rates = hybrid["abstention"]["holdout"]
     assert rates["off_topic_answered"] <= 0.10 and rates["near_domain_answered"] <= 0.20
-    # the goal is 0.03; measured 0.32 (benchmarks/abstention.py): kept from getting worse
-    assert rates["on_topic_abstained"] <= 0.35
+    # the goal is 0.03; measured 0.16 (benchmarks/abstention.py): kept from getting worse
+    assert rates["on_topic_abstained"] <= 0.20
 
 
 def test_lexical_mode_beats_plain_bm25(lexical: dict) -> None:

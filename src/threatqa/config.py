@@ -88,15 +88,15 @@ class Settings(BaseSettings):
         le=1.0,
     )
     min_dense_score: float = Field(
-        0.70,
+        1.125,
         description="Abstention with a model: answer when a passage's cosine similarity + coverage_weight x its "
-        "term coverage reaches this (benchmarks/abstention.py).",
+        "term match (its words' nearness in meaning to the question's, 0..1) reaches this (benchmarks/abstention.py).",
         gt=0.0,
         le=2.0,
     )
     coverage_weight: float = Field(
-        0.55,
-        description="Abstention with a model: how much a passage's term coverage (0..1) adds to its cosine.",
+        0.95,
+        description="Abstention with a model: how much a passage's term match adds to its cosine.",
         ge=0.0,
         le=2.0,
     )

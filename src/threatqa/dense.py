@@ -10,11 +10,14 @@ Files in an index version:
     windows.npy   int32 (windows, 3): passage row, start and end offsets in the document
     vectors.npy   float16 copy of the vectors beside an approximate index, which cannot give
                   them back exactly; incremental builds and exact re-scoring read them
+    terms.json, terms.npy   the corpus's content words and their vectors (float16), for term
+                  matching: how well a passage's words match the question's, synonyms included
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from threatqa.errors import IndexMismatch
 DENSE = "dense.faiss"
 WINDOWS = "windows.npy"
 VECTORS = "vectors.npy"
+TERMS, TERM_VECTORS = "terms.json", "terms.npy"
 # Windows fetched per passage wanted: a passage has about 4 windows of 200 characters, and the
 # best windows of a question cluster in few passages; fetched again, wider, when too few.
 _WINDOWS_PER_PASSAGE = 4
@@ -46,8 +50,16 @@ class DenseConfig:
 class DenseIndex:
     """The window vectors of one index version, searched and scored by passage row."""
 
-    def __init__(self, faiss_index: object, windows: np.ndarray, stored: np.ndarray | None, passages: int) -> None:
+    def __init__(
+        self,
+        faiss_index: object,
+        windows: np.ndarray,
+        stored: np.ndarray | None,
+        passages: int,
+        terms: TermVectors | None = None,
+    ) -> None:
         self.faiss = faiss_index
+        self.terms = terms
         self.windows = windows
         self.owners = np.ascontiguousarray(windows[:, 0], dtype=np.int64)
         self.starts = np.searchsorted(self.owners, np.arange(passages + 1)).astype(np.int64)
@@ -71,7 +83,7 @@ class DenseIndex:
                 f"{last + 1} passages; the manifest says {passages} passages of dimension {dimension}; rebuild "
                 "with `threatqa index`"
             )
-        return cls(index, windows, stored, passages)
+        return cls(index, windows, stored, passages, TermVectors.open(folder))
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -121,6 +133,43 @@ class DenseIndex:
         ids = self.window_ids(rows)
         cosines = self.vectors(ids) @ vector[0]
         return np.maximum.reduceat(cosines, _offsets(self.starts, rows))  # every passage has a window
+
+
+class TermVectors:
+    """The vectors of the corpus's content words (each embedded alone), looked up by word."""
+
+    def __init__(self, words: list[str], vectors: np.ndarray) -> None:
+        self.words = words
+        self.vectors = vectors
+        self.position = {word: i for i, word in enumerate(words)}
+
+    @classmethod
+    def open(cls, folder: Path) -> TermVectors | None:
+        if not (folder / TERMS).is_file():
+            return None
+        try:
+            return cls(json.loads((folder / TERMS).read_text(encoding="utf-8")), np.load(folder / TERM_VECTORS))
+        except (OSError, ValueError) as exc:
+            raise IndexMismatch(f"{folder / TERMS} is unreadable ({exc}); rebuild with `threatqa index`") from None
+
+    def of(self, words: list[str]) -> np.ndarray:
+        """Vectors of the given words (those the corpus has; the others are skipped)."""
+        rows = [self.position[w] for w in words if w in self.position]
+        return np.asarray(self.vectors[rows], dtype=np.float32)
+
+    def save(self, folder: Path) -> None:
+        (folder / TERMS).write_text(json.dumps(self.words, ensure_ascii=False), encoding="utf-8")
+        np.save(folder / TERM_VECTORS, np.asarray(self.vectors, dtype=np.float16))
+
+
+def term_match(question: np.ndarray, weights: np.ndarray, passage: np.ndarray) -> float:
+    """How well a passage's words match the question's: each question word's best cosine with a
+    word of the passage (1 for the word itself; 0 when negative), averaged with the words' weights.
+    `question` and `passage` are unit vectors of words, one per row."""
+    if not len(question) or not len(passage) or weights.sum() <= 0:
+        return 0.0
+    best = np.clip((question @ passage.T).max(axis=1), 0.0, 1.0)
+    return float(weights @ best / weights.sum())
 
 
 def _offsets(starts: np.ndarray, rows: list[int]) -> np.ndarray:

@@ -112,15 +112,17 @@ def load_abstention(path: Path = ABSTENTION_FILE) -> list[dict[str, Any]]:
 
 def abstention_features(questions: list[dict[str, Any]], documents: dict[str, str], settings: Settings) -> list[dict]:
     """Each question with whether threatqa answered it and, per passage shown, the two scores the
-    rule reads (cosine, coverage)."""
+    rule reads: (cosine, term match), or (None, coverage) in lexical mode."""
     with tempfile.TemporaryDirectory(prefix="threatqa-eval-") as tmp:
         retriever = _engine(documents, settings, tmp).retriever
         rows = []
         for question in questions:
             result = retriever.search(question["q"], 5)
+            matches = retriever.term_matches(result.question, [h.chunk for h in result.hits])
             rows.append(question | {
                 "answered": result.answered,
-                "scores": [(h.dense_score, h.relevance) for h in result.hits],
+                "scores": [(h.dense_score, h.relevance if h.dense_score is None else match)
+                           for h, match in zip(result.hits, matches)],
                 "found": first_rank([h.chunk.text for h in result.hits], question["evidence"] or ["\0"]),
             })  # fmt: skip
         return rows

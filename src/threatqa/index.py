@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from threatqa.chunking import Chunk, ChunkConfig, Span, chunk_documents, windows
-from threatqa.dense import VECTORS, DenseConfig, DenseIndex, compute_threads, write_dense
+from threatqa.dense import VECTORS, DenseConfig, DenseIndex, TermVectors, compute_threads, write_dense
 from threatqa.embeddings import Embedder
 from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable
 from threatqa.ingest import Document, file_sha256, load_documents
-from threatqa.lexical import LexicalIndex
+from threatqa.lexical import LexicalIndex, content_words
 from threatqa.manifest import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -185,10 +185,11 @@ def build_index(
             )
         chunks = chunk_documents(documents, chunking)
         reusable = previous if previous and previous.manifest.chunking == asdict(chunking) else None
-        vectors, spans, embedded, reused = _vectors(chunks, documents, reusable, embedder, chunking.window, note)
+        vectors, spans, embedded, reused = _vectors(chunks, documents, reusable, embedder, chunking.window, warn)
+        terms = _terms(chunks, previous, embedder, warn)
         version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{fingerprint[:8]}"
         manifest = _write_version(
-            index_dir, version, documents, chunks, vectors, spans, embedder, chunking, fingerprint, dense
+            index_dir, version, documents, chunks, vectors, spans, embedder, chunking, fingerprint, dense, terms
         )
         _switch(index_dir, version)
         _prune(index_dir, keep={version, previous.folder.name if previous else ""})
@@ -293,22 +294,45 @@ def _vectors(
     return vectors, table, len(todo), int(reused.sum())
 
 
-def _embed(embedder: Embedder, texts: list[str], log: Callable[[str], None]) -> np.ndarray:
+def _terms(
+    chunks: list[Chunk], previous: Index | None, embedder: Embedder | None, log: Callable[[str], None]
+) -> TermVectors | None:
+    """The corpus's content words with their vectors; words the previous version (same model) had
+    keep theirs."""
+    if embedder is None:
+        return None
+    words = sorted({word for chunk in chunks for word in content_words(chunk.text)})
+    vectors = np.zeros((len(words), embedder.dimension), dtype=np.float32)
+    old = previous.dense.terms if previous is not None and previous.dense is not None else None
+    known = old is not None and previous.manifest.built_with(embedder)  # type: ignore[union-attr]
+    todo = [i for i, word in enumerate(words) if not (known and word in old.position)]  # type: ignore[union-attr]
+    kept = [i for i, word in enumerate(words) if known and word in old.position]  # type: ignore[union-attr]
+    if kept:
+        vectors[kept] = old.of([words[i] for i in kept])  # type: ignore[union-attr]
+    vectors[todo] = _embed(embedder, [words[i] for i in todo], log, unit="words", batch_size=256)
+    return TermVectors(words, vectors)
+
+
+def _embed(
+    embedder: Embedder, texts: list[str], log: Callable[[str], None], unit: str = "windows", batch_size: int = 32
+) -> np.ndarray:
     """Vectors of texts, a slice at a time: a progress bar on a terminal, else a line every few seconds."""
     out = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
     if not texts:
         return out
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(texts), desc="Embedding", unit="window") if sys.stderr.isatty() else None
+    bar = tqdm(total=len(texts), desc=f"Embedding {unit}", unit=unit[:-1]) if sys.stderr.isatty() else None
     began = last = time.perf_counter()
     for start in range(0, len(texts), EMBED_SLICE):
-        out[start : start + EMBED_SLICE] = embedder.encode_documents(texts[start : start + EMBED_SLICE])
+        out[start : start + EMBED_SLICE] = embedder.encode_documents(
+            texts[start : start + EMBED_SLICE], batch_size=batch_size
+        )
         done, now = min(start + EMBED_SLICE, len(texts)), time.perf_counter()
         if bar is not None:
             bar.update(done - bar.n)
         elif now - last >= PROGRESS_EVERY or done == len(texts):
-            log(f"embedded {done:,} of {len(texts):,} windows ({done / max(now - began, 1e-9):,.0f}/s)")
+            log(f"embedded {done:,} of {len(texts):,} {unit} ({done / max(now - began, 1e-9):,.0f}/s)")
             last = now
     if bar is not None:
         bar.close()
@@ -326,6 +350,7 @@ def _write_version(
     chunking: ChunkConfig,
     fingerprint: str,
     dense_config: DenseConfig = DenseConfig(),
+    terms: TermVectors | None = None,
 ) -> Manifest:
     staging = index_dir / f".tmp-{uuid.uuid4().hex}"
     staging.mkdir()
@@ -335,6 +360,8 @@ def _write_version(
         dense = vectors is not None and spans is not None and embedder is not None
         if dense:
             write_dense(staging, vectors, spans, dense_config)  # type: ignore[arg-type]
+            if terms is not None:
+                terms.save(staging)
         files = {
             str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
             for path in sorted(staging.rglob("*"))

@@ -71,6 +71,12 @@ def word_tokens(text: str) -> list[str]:
     return [_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS]
 
 
+def content_words(text: str) -> list[str]:
+    """The distinct lower-cased words of a text that are not stopwords, in order of appearance
+    (the vocabulary of the dense side's term matching)."""
+    return list(dict.fromkeys(t for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS))
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def _stem(word: str) -> str:
     """A lower-case word's stem, after folding British -ise spellings (each distinct word once)."""
@@ -637,6 +643,15 @@ class LexicalIndex:
             self.posting_owner, scratch.scores, scratch.found, _NO_MASK if mask is None else mask,
             self.count if keep is None else keep,
         )  # fmt: skip
+
+    def word_weights(self, words: list[str]) -> np.ndarray:
+        """The IDF of each word's stem over the passages; a word the index does not know weighs as
+        much as the rarest possible term (as in `coverage`)."""
+        columns = np.array([self.vocabulary.get(_stem(w), -1) for w in words], dtype=np.int64)
+        df = np.zeros(len(words), dtype=np.int64)
+        known = columns >= 0
+        df[known] = self.words.indptr[columns[known] + 1] - self.words.indptr[columns[known]]
+        return _idf(df, self.count)
 
     def coverage(self, question: str, rows: list[int]) -> list[float]:
         """For each passage row: the share of the question's IDF mass (distinct word stems) it contains.

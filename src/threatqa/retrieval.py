@@ -10,12 +10,13 @@ rank fusion, which threw away the score gaps. Optionally a cross-encoder re-rank
 overlapping passages of the same document are collapsed to the best one.
 
 Abstention uses two scores that mean the same on every corpus: a passage's cosine similarity
-to the question (its best window's), and the share of the question's IDF-weighted terms it
-contains (coverage). A question is answered when one passage shown has
-cosine + coverage_weight x coverage >= min_dense_score: the passage must match in meaning, and
-matching the question's words lowers the bar (calibrated on half of tests/data/abstention.jsonl
-by benchmarks/abstention.py, reported on the other half). Without a model the rule is
-coverage >= min_relevance.
+to the question (its best window's), and its term match: each of the question's content words
+is matched to the passage's word nearest in meaning (the word itself scores 1, "biggest" for
+"largest" nearly as much), the cosines averaged with the words' IDF weights. A question is
+answered when one passage shown has cosine + coverage_weight x term match >= min_dense_score
+(calibrated on half of tests/data/abstention.jsonl by benchmarks/abstention.py, reported on the
+other half). Without a model the rule is coverage >= min_relevance, coverage being the share of
+the question's IDF-weighted stems the passage contains.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ import re
 import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from threatqa.chunking import Chunk
+from threatqa.dense import term_match
 from threatqa.embeddings import Embedder
 from threatqa.index import Index
-from threatqa.lexical import word_tokens
+from threatqa.lexical import content_words, word_tokens
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -59,6 +61,7 @@ class Hit:
     lexical_score: float | None
     dense_score: float | None  # cosine similarity
     rerank_score: float | None = None
+    term_match: float | None = None  # how well its words match the question's (dense.term_match), when needed
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,8 @@ class Retriever:
         lexical = dict(zip(lex_rows.tolist(), lex_scores.tolist()))
         weight = self.fusion_weight if mode == "hybrid" else float(mode == "lexical")
         hits = self._collect(text, fuse(lexical, cosines, dense_scores, weight), lexical, cosines, k, read)
+        if mode != "lexical":
+            hits = self._matched(text, hits)
         return Retrieval(text, tuple(hits), self._answered(hits), self.mode, tuple(notices))
 
     def _mask(self, documents: list[str] | None) -> np.ndarray | None:
@@ -250,19 +255,47 @@ class Retriever:
             for rank, ((row, score, chunk), cov) in enumerate(zip(chosen, coverage), start=1)
         ]
 
+    def _matched(self, text: str, hits: list[Hit]) -> list[Hit]:
+        """Hits with their term match where the abstention rule needs it: not when a cosine alone
+        answers, nor for a passage that no term match could carry over the line."""
+        if any(h.dense_score is not None and h.dense_score >= self.min_dense_score for h in hits):
+            return hits
+        needed = [
+            i for i, h in enumerate(hits) if (h.dense_score or 0.0) + self.coverage_weight >= self.min_dense_score
+        ]
+        matches = self.term_matches(text, [hits[i].chunk for i in needed])
+        for i, match in zip(needed, matches):
+            hits[i] = replace(hits[i], term_match=match)
+        return hits
+
+    def term_matches(self, text: str, chunks: list[Chunk]) -> list[float]:
+        """For each passage, how well its words match the question's (synonyms included), 0..1."""
+        terms = self.index.dense.terms if self.index.dense is not None else None
+        words = content_words(text)
+        if terms is None or self.embedder is None or not words or not chunks:
+            return [0.0] * len(chunks)
+        known = [w for w in words if w in terms.position]
+        unknown = [w for w in words if w not in terms.position]  # embedded now, as the vocabulary was
+        vectors = np.vstack([terms.of(known), self.embedder.encode_documents(unknown)]) if unknown else terms.of(known)
+        weights = self.index.lexical.word_weights(known + unknown)
+        return [term_match(vectors, weights, terms.of(content_words(chunk.text))) for chunk in chunks]
+
     def _answered(self, hits: list[Hit]) -> bool:
-        return answers([(h.dense_score, h.relevance) for h in hits], self.min_relevance, self.min_dense_score,
-                       self.coverage_weight)  # fmt: skip
+        if any(h.dense_score is not None for h in hits):
+            scores = [(h.dense_score, h.term_match or 0.0) for h in hits]
+        else:
+            scores = [(None, h.relevance) for h in hits]
+        return answers(scores, self.min_relevance, self.min_dense_score, self.coverage_weight)
 
 
 def answers(
     scores: list[tuple[float | None, float]], min_relevance: float, min_dense_score: float, coverage_weight: float
 ) -> bool:
-    """The abstention rule (module docstring) over the passages shown, as (cosine, coverage) pairs:
-    some passage has cosine + coverage_weight x coverage >= min_dense_score; without cosines
-    (lexical mode), some passage covers min_relevance of the question."""
+    """The abstention rule (module docstring) over the passages shown, as (cosine, term match)
+    pairs: some passage has cosine + coverage_weight x term match >= min_dense_score; without
+    cosines (lexical mode), as (None, coverage) pairs: some passage covers min_relevance."""
     if any(cosine is not None for cosine, _ in scores):
-        return any((cosine or 0.0) + coverage_weight * coverage >= min_dense_score for cosine, coverage in scores)
+        return any((cosine or 0.0) + coverage_weight * match >= min_dense_score for cosine, match in scores)
     return any(coverage >= min_relevance for _, coverage in scores)
 
 
