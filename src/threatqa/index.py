@@ -303,12 +303,13 @@ def _terms(
         return None
     words = sorted({word for chunk in chunks for word in content_words(chunk.text)})
     vectors = np.zeros((len(words), embedder.dimension), dtype=np.float32)
-    old = previous.dense.terms if previous is not None and previous.dense is not None else None
-    known = old is not None and previous.manifest.built_with(embedder)  # type: ignore[union-attr]
-    todo = [i for i, word in enumerate(words) if not (known and word in old.position)]  # type: ignore[union-attr]
-    kept = [i for i, word in enumerate(words) if known and word in old.position]  # type: ignore[union-attr]
-    if kept:
-        vectors[kept] = old.of([words[i] for i in kept])  # type: ignore[union-attr]
+    same_model = previous is not None and previous.dense is not None and previous.manifest.built_with(embedder)
+    old = previous.dense.terms if same_model else None  # type: ignore[union-attr]
+    known = old.position if old is not None else {}
+    kept = [i for i, word in enumerate(words) if word in known]
+    todo = [i for i, word in enumerate(words) if word not in known]
+    if old is not None and kept:
+        vectors[kept] = old.of([words[i] for i in kept])
     vectors[todo] = _embed(embedder, [words[i] for i in todo], log, unit="words", batch_size=256)
     return TermVectors(words, vectors)
 
