@@ -15,14 +15,13 @@ Usage: python benchmarks/abstention.py [--model NAME_OR_FOLDER]
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from collections.abc import Callable
 
 import numpy as np
+from common import model_settings
 
-from threatqa.config import Settings
-from threatqa.evaluation import abstention_features, default_eval_dir, load_abstention, load_seed
+from threatqa.evaluation import abstention_features, default_eval_dir, dev_sets, load_abstention
 from threatqa.retrieval import answers
 
 OFF_MAX, NEAR_MAX = 0.10, 0.20
@@ -57,12 +56,8 @@ def show(label: str, values: tuple[float, float, float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None)
-    args = parser.parse_args()
-    settings = Settings.load(model=args.model)
-    eval_dir = default_eval_dir()
-    corpus = load_seed(eval_dir / "seed-dev-questions.jsonl", eval_dir.parent / "corpus").documents
+    settings = model_settings(__doc__.split("\n")[0])
+    corpus = dev_sets(default_eval_dir())[1].documents
     questions = load_abstention()
     counts = {(k, s): sum(q["kind"] == k and q["split"] == s for q in questions)
               for k in ("on-topic", "near-domain", "off-topic") for s in ("calibrate", "holdout")}  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from threatqa.chunking import ChunkConfig, Span, _windows, chunk_documents, paragraphs, sentences, windows
 from threatqa.embeddings import BUNDLED_MODEL, load_embedder
-from threatqa.evaluation import default_eval_dir, load_seed, load_squad
+from threatqa.evaluation import default_eval_dir, dev_sets
 from threatqa.index import build_index
 from threatqa.ingest import load_documents
 
@@ -50,9 +50,7 @@ def old_passages(text: str, body_start: int, size: int = 300, max_size: int = 20
 
 
 def corpora() -> dict[str, dict[str, str]]:
-    eval_dir = default_eval_dir()
-    squad = load_squad(eval_dir / "squad2-dev-subset.json").documents
-    seed = load_seed(eval_dir / "seed-dev-questions.jsonl", eval_dir.parent / "corpus").documents
+    squad, seed = (eval_set.documents for eval_set in dev_sets(default_eval_dir()))
     # short paragraphs, as in briefings and bulleted reports: each SQuAD paragraph one document,
     # each of its sentences a paragraph
     short = {}

@@ -141,3 +141,14 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def model_settings(description: str) -> object:
+    """Settings for a benchmark run with the real model: threatqa's default, or --model."""
+    import argparse
+
+    from threatqa.config import Settings
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default=None, help="hub name or local folder (default: the bundled model)")
+    return Settings.load(model=parser.parse_args().model)

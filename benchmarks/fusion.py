@@ -16,14 +16,14 @@ Prints top-1, top-5 and MRR per set; the chosen fusion is the one threatqa ships
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections.abc import Callable
 
 import numpy as np
+from common import model_settings
 
 from threatqa.config import Settings
-from threatqa.evaluation import _engine, default_eval_dir, load_seed, load_squad
+from threatqa.evaluation import _engine, default_eval_dir, dev_sets
 from threatqa.retrieval import clean_question, fuse
 
 POOL = 50
@@ -96,13 +96,8 @@ def convex(alpha: float, norm: str) -> Callable[[dict], list[int]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None)
-    args = parser.parse_args()
-    settings = Settings.load(model=args.model)
-    eval_dir = default_eval_dir()
-    sets = [load_squad(eval_dir / "squad2-dev-subset.json"),
-            load_seed(eval_dir / "seed-dev-questions.jsonl", eval_dir.parent / "corpus")]  # fmt: skip
+    settings = model_settings(__doc__.split("\n")[0])
+    sets = dev_sets(default_eval_dir())
     print(f"model {settings.model}; top-1 / top-5 / MRR; candidates {POOL} per side\n")
     for eval_set in sets:
         found, _ = candidates(eval_set, settings)

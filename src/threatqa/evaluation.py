@@ -63,6 +63,13 @@ def load_seed(path: Path, corpus_dir: Path) -> EvalSet:
     return EvalSet(path.stem, documents, questions)
 
 
+def dev_sets(eval_dir: Path, fallback_corpus: Path | None = None) -> list[EvalSet]:
+    """The SQuAD subset and the seed questions over the shared corpus (or `fallback_corpus`)."""
+    corpus = eval_dir.parent / "corpus"
+    corpus = corpus if corpus.is_dir() or fallback_corpus is None else fallback_corpus
+    return [load_squad(eval_dir / "squad2-dev-subset.json"), load_seed(eval_dir / "seed-dev-questions.jsonl", corpus)]
+
+
 def first_rank(passages: list[str], answers: list[str]) -> int | None:
     return next((i for i, text in enumerate(passages, 1) if any(a in text for a in answers)), None)
 
@@ -159,10 +166,8 @@ def evaluate_plain_bm25(eval_set: EvalSet) -> dict[str, Any]:
 
 
 def run_evaluation(eval_dir: Path, settings: Settings) -> dict[str, Any]:
-    sets = [load_squad(eval_dir / "squad2-dev-subset.json")]
-    corpus = eval_dir.parent / "corpus"
-    seed = load_seed(eval_dir / "seed-dev-questions.jsonl", corpus if corpus.is_dir() else settings.docs)
-    sets.append(seed)
+    sets = dev_sets(eval_dir, settings.docs)
+    seed = sets[1]
     report: dict[str, Any] = {}
     for eval_set in sets:
         report[eval_set.name] = {
