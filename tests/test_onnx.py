@@ -106,3 +106,18 @@ def test_retrieval_with_int8_agrees_with_torch(tmp_path: Path, docs: Path, backe
         theirs = Retriever(index, backends["int8"]).search(question, 5)
         overlaps.append(len({h.chunk.id for h in ours.hits} & {h.chunk.id for h in theirs.hits}) / 5)
     assert np.mean(overlaps) >= 0.8
+
+
+def test_asking_with_another_backend_than_the_index_was_built_with_says_so(
+    tmp_path: Path, docs: Path, tiny_model: Path, backends: dict
+) -> None:
+    from threatqa.config import Settings
+    from threatqa.engine import Engine
+
+    settings = Settings.load(docs=docs, index=tmp_path / "index", audit=tmp_path / "a.sqlite3", model=str(tiny_model))
+    Engine.start(settings, log=lambda m: None)  # built with torch
+    answer = Engine.start(settings.model_copy(update={"backend": "onnx"}), build="never", log=lambda m: None).ask(
+        "fraud"
+    )
+    (notice,) = [n for n in answer.notices if "backend" in n]
+    assert "torch backend (fp32)" in notice and "onnx (int8)" in notice and "threatqa index" in notice

@@ -327,7 +327,8 @@ def serve(settings: Settings) -> None:
     app = create_app(settings, engine)
     status = engine.status()
     print(
-        f"threatqa: {status.mode} mode, {status.documents} documents, {status.passages} passages "
+        f"threatqa: {status.mode} mode (model: {status.model or 'none'}), {status.documents} documents, "
+        f"{status.passages} passages "
         f"(index {status.index_version}); serving on http://{settings.host}:{settings.port}{settings.root_path}/",
         flush=True,
     )

@@ -92,8 +92,7 @@ class Engine:
         elif not index.has_dense and not tried and not settings.model:
             note("lexical (BM25) mode: no embedding model configured")
         if embedder is not None and index.has_dense:
-            for message in check_model(index.manifest, embedder):
-                note(message)
+            check_model(index.manifest, embedder)  # another model is refused; another backend is noticed (_live)
         reranker = None
         if settings.rerank_model:
             try:
@@ -119,7 +118,8 @@ class Engine:
         live = self._live
         index = live.retriever.index
         return Status(live.retriever.mode, len(live.documents), len(index), index.version,
-                      index.manifest.model if live.retriever.embedder else None, self.notices)  # fmt: skip
+                      index.manifest.model if live.retriever.embedder else None,
+                      tuple(dict.fromkeys(self.notices + live.notices)))  # fmt: skip
 
     def documents(self) -> list[DocumentInfo]:
         return list(self._live.documents.values())
@@ -203,6 +203,8 @@ def _live(retriever: Retriever, settings: Settings, embedder: Embedder | None) -
         )
     elif settings.model and embedder is None:
         notices.append("the embedding model could not be loaded: answers are lexical (BM25) only")
+    elif embedder is not None:
+        notices.extend(check_model(retriever.index.manifest, embedder))
     return _Live(retriever, {d.id: d for d in retriever.index.documents()}, tuple(notices))
 
 
