@@ -148,3 +148,18 @@ def test_the_real_model_matches_synonyms_in_the_abstention_rule() -> None:
         synonyms = retriever.term_matches(question, [result.hits[0].chunk])[0]
         assert synonyms > result.hits[0].relevance + 0.3, "meaning matched where the stems were not"
         assert result.answered
+
+
+def test_a_server_start_without_its_model_keeps_the_hybrid_index(
+    settings: Settings, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hybrid = settings.model_copy(update={"model": str(tiny_model)})
+    built = Engine.start(hybrid, build="stale", log=lambda m: None).index.version
+    (settings.docs / "new.txt").write_text("Firearms are smuggled through ports.\n", encoding="utf-8")
+    monkeypatch.setattr(engine, "bundled_model_folder", lambda: None)
+    gone = hybrid.model_copy(update={"model": str(tmp_path / "moved-away")})
+    started = Engine.start(gone, build="stale", log=lambda m: None)
+    assert started.index.version == built and started.index.has_dense, "not downgraded to lexical"
+    answer = started.ask("firearms")
+    assert answer.mode == "lexical" and any("could not be loaded" in n for n in answer.notices)
+    assert any("not rebuilt" in n and "--lexical" in n for n in started.status().notices)

@@ -83,8 +83,13 @@ class Engine:
         if build == "stale" or (build == "missing" and missing):
             embedder, tried = try_embedder(settings, note), True
             if missing or is_stale(settings.docs, settings.index, embedder, chunk_config(settings)):
-                report = index_folder(settings, embedder, log)
-                log(f"threatqa: {describe_build(report)}")
+                try:
+                    report = index_folder(settings, embedder, lambda message: log(f"threatqa: {message}"))
+                    log(f"threatqa: {describe_build(report)}")
+                except ThreatQAError as exc:  # the previous version is intact: answer from it, and say so
+                    if missing:
+                        raise
+                    note(f"the index was not rebuilt ({exc}); answering from the previous version")
         index = open_index(settings.index)
         index.lexical.warm_up()
         if index.has_dense and not tried:
