@@ -163,3 +163,10 @@ def test_a_server_start_without_its_model_keeps_the_hybrid_index(
     answer = started.ask("firearms")
     assert answer.mode == "lexical" and any("could not be loaded" in n for n in answer.notices)
     assert any("not rebuilt" in n and "--lexical" in n for n in started.status().notices)
+
+
+def test_a_question_and_its_words_are_embedded_in_one_call_as_they_would_be_alone(tiny_model: Path) -> None:
+    embedder = load_embedder(str(tiny_model))
+    together = embedder.encode_queries(["how much cocaine is smuggled", "cocaine", "smuggled"])
+    apart = np.vstack([embedder.encode_query(t) for t in ("how much cocaine is smuggled", "cocaine", "smuggled")])
+    np.testing.assert_allclose(together, apart, atol=1e-5)

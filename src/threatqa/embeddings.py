@@ -201,8 +201,13 @@ class Embedder:
 
     def encode_query(self, text: str) -> np.ndarray:
         """A (1, dimension) vector for a question, with the model's query prompt when it has one."""
-        vector = self.model.encode_query([text], normalize_embeddings=True)
-        return np.ascontiguousarray(vector, dtype=np.float32)
+        return self.encode_queries([text])
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Vectors for a question and its words, in one call of the model (each call has a fixed cost
+        several times that of a short text)."""
+        vectors = self.model.encode_query(texts, normalize_embeddings=True, batch_size=len(texts))
+        return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 BACKENDS = ("torch", "onnx", "onnx-fp32")

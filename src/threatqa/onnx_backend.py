@@ -101,7 +101,11 @@ class OnnxEmbedder:
 
     def encode_query(self, text: str) -> np.ndarray:
         """A (1, dimension) vector for a question, with the model's query prompt when it has one."""
-        return self._encode(self._query_session, [self.spec.query_prompt + text])
+        return self.encode_queries([text])
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Vectors for a question and its words, in one run of the query session."""
+        return self._encode(self._query_session, [self.spec.query_prompt + text for text in texts])
 
     def _encode(self, session: Any, texts: list[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(texts)

@@ -101,6 +101,14 @@ class _Read:
         self.coverage.update(other.coverage)
 
 
+@dataclass(frozen=True)
+class _Words:
+    """A question's content words for term matching: their vectors and IDF weights."""
+
+    vectors: np.ndarray
+    weights: np.ndarray
+
+
 def clean_question(question: str, max_chars: int) -> tuple[str, list[str]]:
     """Normalise a question for search; returns it with notices about what was changed."""
     notices = []
@@ -162,20 +170,20 @@ class Retriever:
         pool, read = max(self.candidates, k * 4), _Read()
         mode = self.mode.split("+")[0]
         empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        vector = None
+        vector, words = None, None
         if mode == "lexical":
             lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
             dense_rows, dense_scores = empty
         elif mode == "dense":
             lex_rows, lex_scores = empty
-            vector, (dense_rows, dense_scores) = self._dense(text, pool, mask)
+            vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask)
         else:
             # whichever side finishes first reads its best passages while the other runs: most answers
             # are among them
             dense_done = threading.Event()
             lexical = _LEXICAL_POOL.submit(self._lexical, text, pool, mask, 2 * k, dense_done)
             try:
-                vector, (dense_rows, dense_scores) = self._dense(text, pool, mask)
+                vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask)
                 dense_done.set()  # now, not after the reading below: the lexical side need not read too
                 if not lexical.done():
                     read.prefetch(self.index, text, dense_rows[: 2 * k].tolist())
@@ -195,8 +203,8 @@ class Retriever:
         lexical = dict(zip(lex_rows.tolist(), lex_scores.tolist()))
         weight = self.fusion_weight if mode == "hybrid" else float(mode == "lexical")
         hits = self._collect(text, fuse(lexical, cosines, dense_scores, weight), lexical, cosines, k, read)
-        if mode != "lexical":
-            hits = self._matched(text, hits)
+        if words is not None:
+            hits = self._matched(words, hits)
         return Retrieval(text, tuple(hits), self._answered(hits), self.mode, tuple(notices))
 
     def _mask(self, documents: list[str] | None) -> np.ndarray | None:
@@ -216,10 +224,21 @@ class Retriever:
             read.prefetch(self.index, text, rows[:best].tolist())
         return rows, scores, read
 
-    def _dense(self, text: str, pool: int, mask: np.ndarray | None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """The question's vector, and the rows and cosines of its best passages."""
-        vector = self.embedder.encode_query(text)  # type: ignore[union-attr]
-        return vector, self.index.dense.search(vector, pool, mask)  # type: ignore[union-attr]
+    def _dense(
+        self, text: str, pool: int, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, _Words | None, tuple[np.ndarray, np.ndarray]]:
+        """The question's vector, its words for term matching, and the rows and cosines of its best
+        passages. The question and its words unknown to the corpus are embedded in one call."""
+        terms = self.index.dense.terms  # type: ignore[union-attr]
+        words = content_words(text) if terms is not None else []
+        unknown = [w for w in words if w not in terms.position] if terms is not None else []
+        vectors = self.embedder.encode_queries([text, *unknown])  # type: ignore[union-attr]
+        vector = vectors[:1]
+        found = None
+        if terms is not None and words:
+            known = [w for w in words if w in terms.position]
+            found = _Words(np.vstack([terms.of(known), vectors[1:]]), self.index.lexical.word_weights(known + unknown))
+        return vector, found, self.index.dense.search(vector, pool, mask)  # type: ignore[union-attr]
 
     def _collect(
         self,
@@ -255,7 +274,7 @@ class Retriever:
             for rank, ((row, score, chunk), cov) in enumerate(zip(chosen, coverage), start=1)
         ]
 
-    def _matched(self, text: str, hits: list[Hit]) -> list[Hit]:
+    def _matched(self, words: _Words, hits: list[Hit]) -> list[Hit]:
         """Hits with their term match where the abstention rule needs it: not when a cosine alone
         answers, nor for a passage that no term match could carry over the line."""
         if any(h.dense_score is not None and h.dense_score >= self.min_dense_score for h in hits):
@@ -263,22 +282,20 @@ class Retriever:
         needed = [
             i for i, h in enumerate(hits) if (h.dense_score or 0.0) + self.coverage_weight >= self.min_dense_score
         ]
-        matches = self.term_matches(text, [hits[i].chunk for i in needed])
-        for i, match in zip(needed, matches):
-            hits[i] = replace(hits[i], term_match=match)
+        for i in needed:
+            hits[i] = replace(hits[i], term_match=self._term_match(words, hits[i].chunk))
         return hits
+
+    def _term_match(self, words: _Words, chunk: Chunk) -> float:
+        terms = self.index.dense.terms  # type: ignore[union-attr]
+        return term_match(words.vectors, words.weights, terms.of(content_words(chunk.text)))  # type: ignore[union-attr]
 
     def term_matches(self, text: str, chunks: list[Chunk]) -> list[float]:
         """For each passage, how well its words match the question's (synonyms included), 0..1."""
-        terms = self.index.dense.terms if self.index.dense is not None else None
-        words = content_words(text)
-        if terms is None or self.embedder is None or not words or not chunks:
+        if self.embedder is None or self.index.dense is None or self.index.dense.terms is None:
             return [0.0] * len(chunks)
-        known = [w for w in words if w in terms.position]
-        unknown = [w for w in words if w not in terms.position]  # embedded now, as the vocabulary was
-        vectors = np.vstack([terms.of(known), self.embedder.encode_documents(unknown)]) if unknown else terms.of(known)
-        weights = self.index.lexical.word_weights(known + unknown)
-        return [term_match(vectors, weights, terms.of(content_words(chunk.text))) for chunk in chunks]
+        _vector, words, _found = self._dense(text, 1, None)
+        return [self._term_match(words, chunk) if words is not None else 0.0 for chunk in chunks]
 
     def _answered(self, hits: list[Hit]) -> bool:
         if any(h.dense_score is not None for h in hits):
