@@ -119,6 +119,23 @@ def test_short_paragraphs_join_the_following_ones_and_long_ones_split() -> None:
     assert all(c.text == text[c.start : c.end] for c in chunks)
 
 
+def test_each_paragraph_is_in_one_passage_near_the_target_size() -> None:
+    paras = ["A" * 130, "B" * 138, "C" * 132, "D" * 114, "E" * 204, "F" * 217, "G" * 10]
+    text = "\n\n".join(paras)
+    chunks = chunk_document(_doc(text), ChunkConfig(size=300))
+    # E (204) stays alone: F would take it further from 300; the short run F+G at the end joins it
+    assert [(c.paragraph, c.paragraph_end) for c in chunks] == [(1, 2), (3, 4), (5, 7)]
+    assert "".join(c.text for c in chunks).replace("\n", "") == "".join(paras), "every character once"
+
+
+def test_passages_are_bounded_whatever_the_punctuation() -> None:
+    text = "lower case words with no full stop " * 3000 + "x" * 5000  # 105,000 + 5,000 characters, one line
+    chunks = chunk_document(_doc(text), ChunkConfig(size=300, max_size=2000))
+    assert max(len(c.text) for c in chunks) <= 2000 and len(chunks) >= 55
+    assert all(c.text == text[c.start : c.end] for c in chunks)
+    assert all(a.end <= b.start for a, b in itertools.pairwise(chunks)), "no passage overlaps the next"
+
+
 def test_zip_bomb_docx_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import zipfile
 
