@@ -122,7 +122,8 @@ class DenseIndex:
             scores, ids = self.faiss.search(vector, fetch, params=params)  # type: ignore[attr-defined]
             found = ids[0] >= 0
             rows, best = _best_by_owner(self.owners[ids[0][found]], scores[0][found])
-            if len(rows) >= k or fetch == len(self):
+            # done with k passages, or when FAISS had no more to give (a filter, or the IVF lists probed)
+            if len(rows) >= k or fetch == len(self) or found.sum() < fetch:
                 return rows[:k], best[:k]
             wanted *= 4
 
