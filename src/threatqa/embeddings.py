@@ -29,6 +29,7 @@ from urllib.parse import quote
 import numpy as np
 
 from threatqa.errors import ModelRejected, ModelUnavailable
+from threatqa.ingest import file_sha256
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder, SentenceTransformer
@@ -123,21 +124,13 @@ def _hub_status(endpoint: str, name: str, timeout: float) -> int | None:
         return None
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_fingerprint(folder: Path, expected_weights: str | None = None) -> str:
     """SHA-256 over the model's files (weights, configuration, tokenizer) by relative path.
 
     With `expected_weights`, the weights file must hash to it first (a supply-chain guard): a
     mismatch raises ModelRejected naming both hashes, before anything is loaded."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and _is_model_file(p.relative_to(folder)))
-    hashes = {p.relative_to(folder).as_posix(): _file_sha256(p) for p in files}
+    hashes = {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
     if expected_weights:
         found = hashes.get(WEIGHTS_FILE)
         if found != expected_weights.lower():

@@ -228,17 +228,22 @@ class Retriever:
         self, text: str, pool: int, mask: np.ndarray | None
     ) -> tuple[np.ndarray, _Words | None, tuple[np.ndarray, np.ndarray]]:
         """The question's vector, its words for term matching, and the rows and cosines of its best
-        passages. The question and its words unknown to the corpus are embedded in one call."""
+        passages."""
+        vector, words = self._embed(text)
+        return vector, words, self.index.dense.search(vector, pool, mask)  # type: ignore[union-attr]
+
+    def _embed(self, text: str) -> tuple[np.ndarray, _Words | None]:
+        """The question's vector and its content words' vectors and weights: the question and its
+        words unknown to the corpus are embedded in one call, the others read from the index."""
         terms = self.index.dense.terms  # type: ignore[union-attr]
         words = content_words(text) if terms is not None else []
         unknown = [w for w in words if w not in terms.position] if terms is not None else []
         vectors = self.embedder.encode_queries([text, *unknown])  # type: ignore[union-attr]
-        vector = vectors[:1]
-        found = None
-        if terms is not None and words:
-            known = [w for w in words if w in terms.position]
-            found = _Words(np.vstack([terms.of(known), vectors[1:]]), self.index.lexical.word_weights(known + unknown))
-        return vector, found, self.index.dense.search(vector, pool, mask)  # type: ignore[union-attr]
+        if terms is None or not words:
+            return vectors[:1], None
+        known = [w for w in words if w in terms.position]
+        weights = self.index.lexical.word_weights(known + unknown)
+        return vectors[:1], _Words(np.vstack([terms.of(known), vectors[1:]]), weights)
 
     def _collect(
         self,
@@ -294,7 +299,7 @@ class Retriever:
         """For each passage, how well its words match the question's (synonyms included), 0..1."""
         if self.embedder is None or self.index.dense is None or self.index.dense.terms is None:
             return [0.0] * len(chunks)
-        _vector, words, _found = self._dense(text, 1, None)
+        _vector, words = self._embed(text)
         return [self._term_match(words, chunk) if words is not None else 0.0 for chunk in chunks]
 
     def _answered(self, hits: list[Hit]) -> bool:
