@@ -12,18 +12,10 @@ import numpy as np
 import pytest
 
 from threatqa.chunking import paragraphs, sentences
-from threatqa.lexical import (
-    _CHARS,
-    ENTRY,
-    K1,
-    SENTENCE_WEIGHT,
-    B,
-    CharView,
-    LexicalIndex,
-    _kth_largest,
-    _ngram_counts,
-    word_tokens,
-)
+from threatqa.errors import IndexMismatch
+from threatqa.lexical import SENTENCE_WEIGHT, LexicalIndex, _kth_largest, word_tokens
+from threatqa.lexical_bm25 import K1, B
+from threatqa.lexical_chars import _CHARS, CharView, _ngram_counts
 
 TEXTS = [
     "Organised crime groups launder money through cash-intensive businesses. Couriers move cash abroad.",
@@ -126,13 +118,13 @@ def test_char_view_equals_bm25_of_character_ngrams_in_passages_and_best_sentence
     sentence_scores = iter(_char_bm25([s for t in TEXTS for s in _sentence_texts(t)], question))
     best = [max(next(sentence_scores) for _ in _sentence_texts(t)) for t in TEXTS]
     query = _ngram_counts(question)
-    reads = np.zeros(index.largest, ENTRY)  # reused from read to read
+    reads = np.zeros(index.largest, np.uint8)  # reused from read to read
     for rows in (np.arange(len(TEXTS)), np.array([1, 2, 6]), np.array([6, 0])):  # all; some; out of file order
         passage, sentence = index.chars.scores(query, index.sentence_starts[rows], index.sentence_ends[rows], reads)
         np.testing.assert_allclose(passage, _char_bm25(TEXTS, question)[rows], rtol=1e-5)
         np.testing.assert_allclose(sentence, np.array(best)[rows], rtol=1e-5)
     with pytest.raises(ValueError, match="too small"):
-        index.chars.scores(query, index.sentence_starts, index.sentence_ends, np.zeros(index.largest - 1, ENTRY))
+        index.chars.scores(query, index.sentence_starts, index.sentence_ends, np.zeros(index.largest - 1, np.uint8))
 
 
 @pytest.mark.parametrize("text", [*TEXTS, *QUESTIONS, "Ärzte naïve café – São Paulo 東京 x", "?!", "aaaaaa aaaaaa"])
@@ -181,6 +173,13 @@ def test_empty_corpus_and_corpus_without_words(tmp_path: Path) -> None:
 def test_a_character_file_cut_short_after_opening_is_an_error_not_a_wrong_answer(tmp_path: Path) -> None:
     index = LexicalIndex.build(TEXTS, tmp_path / "bm25")
     assert len(index.search("cocaine purity", 5)[0])
-    os.truncate(tmp_path / "bm25" / CharView.ENTRIES, 10)
+    os.truncate(tmp_path / "bm25" / CharView.TOKENS, 10)
     with pytest.raises(OSError, match="short read"):
         index.search("cocaine purity", 5)
+
+
+def test_an_index_of_the_older_character_layout_is_refused_with_a_rebuild_message(tmp_path: Path) -> None:
+    LexicalIndex.build(TEXTS, tmp_path / "bm25")
+    (tmp_path / "bm25" / CharView.META).unlink()
+    with pytest.raises(IndexMismatch, match="rebuild"):
+        LexicalIndex(tmp_path / "bm25")
