@@ -118,7 +118,7 @@ def test_chain_detects_a_deleted_record(log: AuditLog) -> None:
 
 
 def test_chain_detects_reordered_records(log: AuditLog) -> None:
-    columns = "id, time, kind, user, channel, question, payload, prev_hash, hash"
+    columns = "id, time, kind, user, channel, question, payload, prev_hash, hash, format, lean, mac"
     _tamper(
         log.path,
         f"CREATE TEMP TABLE r AS SELECT seq, {columns} FROM records WHERE seq IN (2, 3)",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from threatqa import __version__
 from threatqa.answer import csv_rows, csv_writer, format_text
-from threatqa.audit import AuditLog, AuditRecord
+from threatqa.audit import AuditLog, AuditRecord, Checkpoint
 from threatqa.config import Settings, settings_markdown
 from threatqa.engine import Engine, describe_build, index_folder, try_embedder
 from threatqa.errors import ThreatQAError
@@ -79,9 +79,20 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="the audit log: check its hash chain, replay or export records")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    chain = audit_sub.add_parser("verify", help="check the hash chain; names the first broken record")
+    chain = audit_sub.add_parser(
+        "verify", help="check the hash chain and MACs, and checkpoints; names the first broken record"
+    )
     chain.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
+    chain.add_argument("--key", type=Path, default=None, help="the log's key file (default: THREATQA_AUDIT_KEY)")
+    chain.add_argument("--checkpoint", action="append", default=[], metavar="SEQ:HASH",
+                       help="a checkpoint printed by an earlier verify: records 1..SEQ must be unchanged and there")
+    chain.add_argument("--without-key", action="store_true",
+                       help="check hashes and checkpoints only (for a reader who does not hold the key)")
     chain.set_defaults(handler=_cmd_audit_verify)
+    migrate = audit_sub.add_parser("migrate", help="give an older log MACs and lean records now, then compact it")
+    migrate.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
+    migrate.add_argument("--key", type=Path, default=None, help="the log's key file (default: THREATQA_AUDIT_KEY)")
+    migrate.set_defaults(handler=_cmd_audit_migrate)
     replay = audit_sub.add_parser("replay", help="ask a logged question again and compare the citations")
     _add_paths(replay)
     replay.add_argument("record", help="the record id (or its number)")
@@ -203,13 +214,30 @@ def _read_json(path: Path) -> object:
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    log = AuditLog(_settings(args).audit)
-    report = log.verify_chain()
-    if report.ok:
-        print(f"audit log {log.path}: {report.checked} records, chain intact")
-        return 0
-    print(f"audit log {log.path}: chain broken at record {report.broken_seq} (id {report.broken_id}): {report.reason}")
-    return 1
+    settings = _settings(args)
+    log = AuditLog(settings.audit, args.key or settings.audit_key)
+    checkpoints = [Checkpoint.parse(value) for value in args.checkpoint]
+    report = log.verify_chain(checkpoints, use_key=not args.without_key)
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.ok:
+        where = f"record {report.broken_seq}" + (f" (id {report.broken_id})" if report.broken_id else "")
+        print(f"audit log {log.path}: chain broken at {where}: {report.reason}")
+        return 1
+    how = "hashes and MACs" if report.keyed else "hashes"
+    proved = f"; checkpoints {', '.join(str(c.seq) for c in checkpoints)} hold" if checkpoints else ""
+    print(f"audit log {log.path}: {report.checked} records, chain intact ({how} checked{proved})")
+    print(f"checkpoint: {report.head}")
+    print("keep it elsewhere; `threatqa audit verify --checkpoint <it>` later proves these records unchanged")
+    return 0
+
+
+def _cmd_audit_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    log = AuditLog(settings.audit, args.key or settings.audit_key)
+    before, after = log.migrate()
+    print(f"audit log {log.path}: {log.verify_chain().checked} records with MACs; {before:,} -> {after:,} bytes")
+    return 0
 
 
 def _cmd_audit_replay(args: argparse.Namespace) -> int:

@@ -155,6 +155,17 @@ class Settings(BaseSettings):
         description="Browser sessions whose chat state the server keeps (oldest dropped first); bounds memory.",
         ge=10,
     )
+    extract_timeout: float = Field(
+        120.0,
+        description="Seconds one file's text extraction (HTML, PDF, DOCX parsers, run in a child process) may take; "
+        "a file that takes longer is skipped with a warning. 0: no limit, parsers run in the indexing process.",
+        ge=0,
+    )
+    follow_outside_links: bool = Field(
+        False,
+        description="Index files in the docs folder that are symbolic links to files outside it (off: such links "
+        "are skipped with a warning, so a link to /etc/passwd is never indexed).",
+    )
 
     def question_threads(self) -> int:
         """Threads of one question in PyTorch, ONNX Runtime and FAISS."""

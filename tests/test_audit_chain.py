@@ -1,0 +1,296 @@
+"""Audit chain that cannot be rewritten undetected: MACs under a key kept apart, checkpoints, lean
+records whose texts the chain covers, one kept connection shared by threads, health check."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from threatqa.audit import AuditLog, Checkpoint
+from threatqa.audit_chain import keyed_record_hash
+from threatqa.audit_key import read_key, record_mac
+from threatqa.cli import main
+from threatqa.config import Settings
+from threatqa.engine import Engine
+from threatqa.errors import AuditError
+
+QUESTION = "How much money does serious organised crime generate in the UK each year?"
+
+
+@pytest.fixture()
+def log(tmp_path: Path) -> AuditLog:
+    log = AuditLog(tmp_path / "audit.sqlite3")
+    for i in range(4):
+        log.append("answer", f"question {i}", {"passages": [], "n": i}, user=f"user{i}", channel="api")
+    assert log.verify_chain().ok and log.verify_chain().checked == 4
+    return log
+
+
+def _sql(path: Path, *statements: str) -> None:
+    """Change the file around the triggers, as anyone who can write it could."""
+    conn = sqlite3.connect(path)
+    for table in ("records", "texts"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_update")
+        conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+def _rehash(path: Path, first: int, key: bytes | None = None) -> None:
+    """Recompute every chain hash from record `first` on (and the MACs, when the forger has the key)."""
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute("SELECT * FROM records ORDER BY seq").fetchall()
+    prev = rows[first - 2]["hash"] if first > 1 else "0" * 64
+    for row in rows[first - 1 :]:
+        fields = [row[k] for k in ("seq", "id", "time", "kind", "user", "channel", "question")]
+        digest = keyed_record_hash(*fields, bool(row["lean"]), row["payload"], prev)
+        mac = record_mac(key, digest) if key else row["mac"]
+        values = (prev, digest, mac, row["seq"])
+        conn.execute("UPDATE records SET prev_hash = ?, hash = ?, mac = ? WHERE seq = ?", values)
+        prev = digest
+    conn.commit()
+    conn.close()
+
+
+def test_edit_with_recomputed_hashes_is_caught_by_the_mac(log: AuditLog) -> None:
+    _sql(log.path, "UPDATE records SET question = 'forged' WHERE seq = 2")
+    _rehash(log.path, 2)
+    assert log.verify_chain(use_key=False).ok, "the plain hash chain alone is fooled"
+    report = log.verify_chain()
+    assert not report.ok and report.broken_seq == 2 and "MAC" in report.reason
+
+
+def test_reorder_with_recomputed_hashes_is_caught(log: AuditLog) -> None:
+    columns = "id, time, kind, user, channel, question, payload, prev_hash, hash, format, lean, mac"
+    _sql(
+        log.path,
+        f"CREATE TEMP TABLE r AS SELECT seq, {columns} FROM records WHERE seq IN (2, 3)",
+        "DELETE FROM records WHERE seq IN (2, 3)",
+        f"INSERT INTO records SELECT 5 - seq, {columns} FROM r",
+    )
+    assert log.verify_chain().broken_seq == 2
+    _rehash(log.path, 2)
+    report = log.verify_chain()
+    assert not report.ok and report.broken_seq == 2 and "MAC" in report.reason
+
+
+def test_deleting_the_last_records_is_caught_by_a_checkpoint(log: AuditLog) -> None:
+    checkpoint = log.verify_chain().head
+    assert checkpoint.seq == 4
+    _sql(log.path, "DELETE FROM records WHERE seq >= 3")
+    assert log.verify_chain().ok, "a shorter chain is still a chain"
+    report = log.verify_chain([checkpoint])
+    assert not report.ok and report.broken_seq == 4 and "deleted" in report.reason and report.head.seq == 2
+
+
+def test_a_rewrite_by_the_key_holder_is_caught_by_a_checkpoint(log: AuditLog) -> None:
+    checkpoint = Checkpoint.parse(str(log.verify_chain().head))
+    log.append("answer", "later", {"passages": []})
+    _sql(log.path, "UPDATE records SET user = 'mallory' WHERE seq = 2")
+    _rehash(log.path, 2, read_key(log.key_path))
+    assert log.verify_chain().ok, "hashes and MACs recomputed with the key"
+    report = log.verify_chain([checkpoint])
+    assert not report.ok and report.broken_seq == 4 and "rewritten" in report.reason
+    assert log.verify_chain([Checkpoint(0, "0" * 64)]).ok
+
+
+def test_an_altered_or_missing_passage_text_is_caught(engine: Engine) -> None:
+    engine.ask(QUESTION, k=3)
+    log = engine.audit
+    conn = sqlite3.connect(log.path)
+    (name,) = conn.execute("SELECT sha256 FROM texts WHERE text LIKE '%billion%' LIMIT 1").fetchone()
+    conn.close()
+    _sql(log.path, f"UPDATE texts SET text = replace(text, 'billion', 'million') WHERE sha256 = '{name}'")
+    report = log.verify_chain()
+    assert not report.ok and report.broken_seq == 1 and name in report.reason
+    _sql(log.path, f"DELETE FROM texts WHERE sha256 = '{name}'")
+    assert name in log.verify_chain().reason
+
+
+def test_key_file_is_private_and_required(log: AuditLog, tmp_path: Path) -> None:
+    assert (log.key_path.stat().st_mode & 0o777) == 0o600 and log.key_path.name == "audit.sqlite3.key"
+    key = log.key_path.read_text()
+    log.key_path.unlink()
+    report = log.verify_chain()
+    assert not report.ok and "missing" in report.reason
+    assert AuditLog(log.path).verify_chain(use_key=False).ok
+    with pytest.raises(AuditError, match=r"key .* is missing"):
+        AuditLog(log.path).append("answer", "q", {})
+    other = tmp_path / "other.key"
+    other.write_text("ab" * 32)
+    assert "not this log's key" in AuditLog(log.path, other).verify_chain().reason
+    with pytest.raises(AuditError, match="is not the key"):
+        AuditLog(log.path, other).append("answer", "q", {})
+    log.key_path.write_text(key)
+    assert AuditLog(log.path).verify_chain().ok
+
+
+def test_key_kept_elsewhere(tmp_path: Path) -> None:
+    secret = tmp_path / "secrets" / "audit.key"
+    log = AuditLog(tmp_path / "log" / "audit.sqlite3", secret)
+    log.append("answer", "q", {"passages": []})
+    assert secret.exists() and not (tmp_path / "log" / "audit.sqlite3.key").exists()
+    assert log.verify_chain().keyed and not AuditLog(log.path).verify_chain().ok
+
+
+@pytest.fixture()
+def engine(settings: Settings) -> Engine:
+    return Engine.start(settings, build="missing", log=lambda m: None)
+
+
+def test_lean_records_keep_every_answer_field(engine: Engine) -> None:
+    answers = [engine.ask(QUESTION, k=5), engine.ask(QUESTION, k=5), engine.ask("cocaine tonnes", k=2)]
+    engine.feedback(answers[0].id, helpful=True)
+    records = AuditLog(engine.settings.audit).records()
+    for answer, record in zip(answers, records):
+        assert record.payload == answer.to_json() | {"settings": record.payload["settings"]}
+        assert record.payload["settings"]["k"] in (5, 2)
+    assert records[3].payload == {"answer_id": answers[0].id, "helpful": True}
+    conn = sqlite3.connect(engine.settings.audit)
+    sizes = [n for (n,) in conn.execute("SELECT length(payload) + length(question) + 300 FROM records")]
+    texts = conn.execute("SELECT count(*) FROM texts").fetchone()[0]
+    assert all(lean for (lean,) in conn.execute("SELECT lean FROM records"))
+    assert max(sizes) < 2048, sizes
+    assert texts <= 5 + 1 + 1 + 2 + 2 + 2, "each passage text, document, column list and setting stored once"
+
+
+def test_one_connection_shared_by_threads(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.sqlite3")
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(25):
+                log.append("answer", f"q{n}-{i}", {"passages": [], "i": i}, channel="api")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    report = log.verify_chain()
+    assert report.ok and report.checked == 200
+    conn = sqlite3.connect(log.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert [s for (s,) in conn.execute("SELECT seq FROM records ORDER BY seq")] == list(range(1, 201))
+
+
+def test_full_disk_on_the_kept_connection_loses_no_record(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.sqlite3")
+    log.append("answer", "first", {"passages": []})
+    assert log._conn is not None  # the kept connection: fill the disk under it
+    pages = log._conn.execute("PRAGMA page_count").fetchone()[0]
+    log._conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(AuditError, match="full"):
+        log.append("answer", "second " + "x" * 20_000, {"passages": []})
+    assert "full" in (log.check() or "")
+    assert [r.question for r in AuditLog(log.path).records()] == ["first"] and log.verify_chain().ok
+    log.append("answer", "third", {"passages": []})  # a fresh connection, the disk has room again
+    assert log.check() is None and log.verify_chain().checked == 2
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str) -> Iterator[Path]:
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_really_full_disk_fails_appends_and_keeps_the_records(tmp_path: Path) -> None:
+    with _small_disk(tmp_path / "small", "256k") as disk:
+        log = AuditLog(disk / "audit.sqlite3")
+        written = 0
+        with pytest.raises(AuditError, match="full"):
+            for i in range(10_000):
+                log.append("answer", f"question {i} " + os.urandom(900).hex(), {"passages": []})
+                written += 1
+        assert written > 10 and "full" in (log.check() or "")
+        log.close()
+        report = AuditLog(log.path).verify_chain()
+        assert report.ok and report.checked == written
+
+
+@contextlib.contextmanager
+def _immutable(path: Path) -> Iterator[None]:
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not permitted here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_check_reports_problems_without_paths(log: AuditLog, tmp_path: Path) -> None:
+    assert log.check() is None
+    with _immutable(log.path):
+        problem = log.check()
+        assert problem and "not writable" in problem and str(tmp_path) not in problem
+        with pytest.raises(AuditError):
+            log.append("answer", "q", {})
+        assert "could not be written" in (log.check() or "")
+    log.append("answer", "q", {})
+    assert log.check() is None
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"not a database at all" * 100)
+    assert "damaged" in (AuditLog(garbage).check() or "")
+    blocked = tmp_path / "blocker"
+    blocked.write_text("a file where a folder should be")
+    bad = AuditLog(blocked / "audit.sqlite3")
+    with pytest.raises(AuditError, match="cannot be opened"):
+        bad.append("answer", "q", {})
+    assert "could not be written" in (bad.check() or "") and str(blocked) not in (bad.check() or "")
+
+
+def test_a_replaced_log_file_is_reopened_not_written_blind(log: AuditLog) -> None:
+    moved = log.path.with_name("moved.sqlite3")
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{log.path}{suffix}").exists():
+            os.rename(f"{log.path}{suffix}", f"{moved}{suffix}")
+    log.append("answer", "after the move", {"passages": []})
+    assert [r.question for r in AuditLog(log.path).records()] == ["after the move"]
+
+
+def test_cli_prints_a_checkpoint_that_proves_later(log: AuditLog, capsys: pytest.CaptureFixture[str]) -> None:
+    audit = ["--audit", str(log.path)]
+    assert main(["audit", "verify", *audit]) == 0
+    out = capsys.readouterr().out
+    checkpoint = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("checkpoint: "))
+    assert checkpoint.startswith("4:") and "hashes and MACs checked" in out
+    log.append("answer", "later", {"passages": []})
+    assert main(["audit", "verify", *audit, "--checkpoint", checkpoint]) == 0
+    assert "checkpoints 4 hold" in capsys.readouterr().out
+    _sql(log.path, "DELETE FROM records WHERE seq >= 4")
+    assert main(["audit", "verify", *audit, "--checkpoint", checkpoint]) == 1
+    assert "records were deleted" in capsys.readouterr().out
+    assert main(["audit", "verify", *audit, "--checkpoint", "4:nothex"]) == 1
+    assert "SEQ:HASH" in capsys.readouterr().err
+    log.key_path.rename(log.key_path.with_suffix(".gone"))
+    assert main(["audit", "verify", *audit]) == 1 and "missing" in capsys.readouterr().out
+    assert main(["audit", "verify", *audit, "--without-key"]) == 0
+    assert "chain intact (hashes checked)" in capsys.readouterr().out
+
+
+def test_checkpoint_format() -> None:
+    digest = hashlib.sha256(b"x").hexdigest()
+    assert str(Checkpoint.parse(f" 12:{digest.upper()} ")) == f"12:{digest}"
+    with pytest.raises(AuditError, match="SEQ:HASH"):
+        Checkpoint.parse("12")
