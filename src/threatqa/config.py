@@ -155,6 +155,12 @@ class Settings(BaseSettings):
         description="Browser sessions whose chat state the server keeps (oldest dropped first); bounds memory.",
         ge=10,
     )
+    audit_key: str = Field(
+        "",
+        description="Key file for the audit log's MACs (HMAC-SHA256, 64 hex characters), created with mode 0600 "
+        "on first use; keep it where the log's readers and backups do not reach, e.g. a secrets mount. "
+        "Empty: the audit file's path + `.key`.",
+    )
     extract_timeout: float = Field(
         120.0,
         description="Seconds one file's text extraction (HTML, PDF, DOCX parsers, run in a child process) may take; "
