@@ -226,7 +226,7 @@ def test_full_audit_disk_fails_the_request_and_loses_no_record(engine: Engine, m
 
     monkeypatch.setattr("threatqa.audit.sqlite3.connect", full_disk)
     with pytest.raises(AuditError, match="full"):
-        engine.ask(QUESTIONS[1] + " " + "padding " * 2000)
+        engine.ask(QUESTIONS[1] + " " + "padding " * 230)  # a record of several pages
     monkeypatch.setattr("threatqa.audit.sqlite3.connect", connect)
     log = AuditLog(engine.settings.audit)
     assert [r.question for r in log.records()] == [QUESTIONS[0]] and log.verify_chain().ok

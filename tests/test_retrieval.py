@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 
 from threatqa.config import Settings
 from threatqa.engine import Engine
+from threatqa.errors import QuestionError, QuestionTooLong
 from threatqa.index import open_index
 from threatqa.retrieval import _Read
 
@@ -128,20 +130,49 @@ def test_no_overlapping_passages_in_one_answer(engine: Engine) -> None:
 
 
 def test_k_larger_than_the_index(engine: Engine) -> None:
-    answer = engine.ask("crime", k=1000)
+    assert len(engine.index) < 100
+    answer = engine.ask("crime", k=100)
     assert 0 < len(answer.passages) <= len(engine.index)
 
 
-@pytest.mark.parametrize("question", ["", "   ", "\x00\x01", "the of and is", "???"])
-def test_empty_or_stopword_questions_are_answered_without_error(engine: Engine, question: str) -> None:
+@pytest.mark.parametrize("question", ["\x00\x01", "the of and is", "???"])
+def test_stopword_questions_are_answered_without_error(engine: Engine, question: str) -> None:
     answer = engine.ask(question)
     assert not answer.answered and answer.notices
 
 
-def test_very_long_question_is_truncated_with_a_notice(engine: Engine) -> None:
-    answer = engine.ask("cocaine wastewater " * 2000)
-    assert any("truncated" in notice for notice in answer.notices)
-    assert answer.answered and len(answer.question) <= engine.settings.max_question_chars
+@pytest.mark.parametrize(
+    ("question", "k", "documents", "message"),
+    [
+        ("", None, None, "empty"),
+        ("   ", None, None, "empty"),
+        (None, None, None, "must be text, not nothing"),
+        (["a list"], None, None, "must be text, not list"),
+        ("crime", 0, None, "from 1 to 100"),
+        ("crime", -1, None, "from 1 to 100"),
+        ("crime", 10**9, None, "from 1 to 100"),
+        ("crime", "5", None, "from 1 to 100"),
+        ("crime", True, None, "from 1 to 100"),
+        ("crime", None, "NCA.txt", "must be a list"),
+        ("crime", None, [1, 2], "must be a list"),
+        ("crime", None, ["x"] * 5000, "at most 1000"),
+        ("crime", None, [f"nope-{i}" for i in range(50)], "50 unknown document(s): 'nope-0', "),
+    ],
+)
+def test_one_validation_for_every_front_end(
+    engine: Engine, question: object, k: object, documents: object, message: str
+) -> None:
+    with pytest.raises(QuestionError, match=re.escape(message)) as raised:
+        engine.ask(question, k, documents)  # type: ignore[arg-type]
+    assert len(str(raised.value)) < 500  # a few of the bad values quoted, never the whole request
+
+
+def test_very_long_question_is_refused_by_the_engine_and_truncated_by_the_retriever(engine: Engine) -> None:
+    with pytest.raises(QuestionTooLong, match=f"the limit is {engine.settings.max_question_chars}"):
+        engine.ask("cocaine wastewater " * 2000)
+    result = engine.retriever.search("cocaine wastewater " * 2000, 5)
+    assert any("truncated" in notice for notice in result.notices)
+    assert len(result.question) <= engine.settings.max_question_chars
 
 
 def test_document_filter(engine: Engine, settings: Settings) -> None:
@@ -150,8 +181,8 @@ def test_document_filter(engine: Engine, settings: Settings) -> None:
     only_other = engine.ask("cocaine", documents=["other.md"])
     assert {p.citation.source for p in only_other.passages} == {"other.md"}
     assert only_other.searched == ("other.md",)
-    nothing = engine.ask("cocaine", documents=["no-such-document.txt"])
-    assert not nothing.answered and not nothing.passages
+    with pytest.raises(QuestionError, match="1 unknown document"):  # as the API and the UI say it
+        engine.ask("cocaine", documents=["no-such-document.txt"])
 
 
 def test_citations_carry_hashes_and_versions(engine: Engine) -> None:

@@ -21,7 +21,7 @@ from threatqa.embeddings import (
     load_embedder,
     load_reranker,
 )
-from threatqa.errors import IndexMissing, ModelUnavailable, QuestionError, ThreatQAError
+from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable, QuestionError, QuestionTooLong, ThreatQAError
 from threatqa.index import BuildReport, DocumentInfo, Index, build_index, current_version, is_stale, open_index
 from threatqa.manifest import check_model
 from threatqa.retrieval import Retriever
@@ -63,9 +63,9 @@ class Engine:
         self._live = _live(retriever, settings, embedder)
         self._embedder = embedder  # kept even while the index is lexical-only, for the next version
         self.notices = tuple(notices)
-        self.audit = AuditLog(settings.audit, settings.audit_key)
+        self.audit = AuditLog(settings.audit)
         self._lock = threading.Lock()
-        self._refused: str | None = None  # a version that failed to load; not retried on every question
+        self._refused: dict[str, str] = {}  # versions that failed to load or were found damaged, and why
 
     @classmethod
     def start(cls, settings: Settings, build: str = "missing", log: Callable[[str], None] = _stderr) -> Engine:
@@ -86,11 +86,14 @@ class Engine:
                 try:
                     report = index_folder(settings, embedder, lambda message: log(f"threatqa: {message}"))
                     log(f"threatqa: {describe_build(report)}")
-                except ThreatQAError as exc:  # the previous version is intact: answer from it, and say so
+                except Exception as exc:
                     if missing:
                         raise
-                    note(f"the index was not rebuilt ({exc}); answering from the previous version")
+                    problem = str(exc) if isinstance(exc, ThreatQAError) else f"{type(exc).__name__}: {exc}"
+                    note(f"the index was not rebuilt ({problem}); answering from the previous version")
         index = open_index(settings.index)
+        if index.fallback_notice:
+            note(index.fallback_notice)
         index.lexical.warm_up()
         if index.has_dense and not tried:
             embedder = try_embedder(settings, note)
@@ -139,23 +142,74 @@ class Engine:
     ) -> Answer:
         """Answer one question with quoted, cited passages (or abstain), logged in the audit log.
 
-        Raises AuditError when the record cannot be written: no answer goes out unrecorded."""
-        if not isinstance(question, str):
-            raise QuestionError(f"the question must be text, not {type(question).__name__}")
-        self.reload()
-        live = self._live  # one consistent index version for the whole answer
+        Raises QuestionError for a request outside the limits (`check_request`) and AuditError when
+        the record cannot be written: no answer goes out unrecorded."""
+        for attempt in range(2):
+            self.reload()
+            live = self._live  # one consistent index version for the whole answer
+            try:
+                answer, k = self._answer(live, question, k, documents)
+                break
+            except IndexMismatch as exc:  # found damaged while reading: answer from the previous version
+                live.retriever.index.damage = str(exc)
+                _stderr(f"threatqa: {exc}")
+                if attempt:
+                    raise
+        settings = {"k": k, "documents": documents or [], "mode": live.retriever.mode, **self._audit_settings()}
+        payload = answer.to_json() | {"settings": settings}
+        self.audit.append("answer", answer.question, payload, user=user, channel=channel, record_id=answer.id)
+        return answer
+
+    def _answer(self, live: _Live, question: str, k: int | None, documents: list[str] | None) -> tuple[Answer, int]:
         retriever, docs = live.retriever, live.documents
-        k = k or self.settings.top_k
+        k = self.check_request(question, k, documents, docs)
         result = retriever.search(question, k, documents)
         searched = tuple(d.path for d in docs.values() if not documents or d.id in documents or d.path in documents)
         model = retriever.index.manifest.model if retriever.embedder else None
         result = replace(result, notices=result.notices + live.notices)
         answer = build_answer(result.question, result, docs, retriever.index.version, model, searched)
-        answer = replace(answer, id=uuid.uuid4().hex)
-        settings = {"k": k, "documents": documents or [], "mode": retriever.mode, **self._audit_settings()}
-        payload = answer.to_json() | {"settings": settings}
-        self.audit.append("answer", answer.question, payload, user=user, channel=channel, record_id=answer.id)
-        return answer
+        return replace(answer, id=uuid.uuid4().hex), k
+
+    def check_request(
+        self,
+        question: object,
+        k: object = None,
+        documents: object = None,
+        known: dict[str, DocumentInfo] | None = None,
+    ) -> int:
+        """The one validation of a question request, whichever front end it came through; returns k.
+
+        Raises QuestionTooLong over the length limit and QuestionError for anything else out of bounds;
+        messages quote at most a few of the bad values, never the whole request."""
+        if not isinstance(question, str):
+            raise QuestionError(f"the question must be text, not {_kind(question)}")
+        if not question.strip():
+            raise QuestionError("the question is empty: type a question")
+        limit = self.settings.max_question_chars
+        if len(question) > limit:
+            raise QuestionTooLong(
+                f"the question is {len(question)} characters long; the limit is {limit} (THREATQA_MAX_QUESTION_CHARS)"
+            )
+        if k is None:
+            k = self.settings.top_k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise QuestionError(f"k must be a whole number from 1 to {MAX_K}, not {str(k)[:20]!r}")
+        if documents is None:
+            return k
+        if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
+            raise QuestionError(f"documents must be a list of document ids or paths, not {_kind(documents)}")
+        if len(documents) > MAX_DOCUMENT_FILTER:
+            raise QuestionError(f"documents lists {len(documents)} entries; at most {MAX_DOCUMENT_FILTER} are allowed")
+        names = {
+            name for d in (known if known is not None else self._live.documents).values() for name in (d.id, d.path)
+        }
+        unknown = [name for name in documents if name not in names]
+        if unknown:
+            shown = ", ".join(repr(name[:80]) for name in unknown[:5]) + (" …" if len(unknown) > 5 else "")
+            raise QuestionError(
+                f"{len(unknown)} unknown document(s): {shown}; /api/documents lists the ids and paths to use"
+            )
+        return k
 
     def feedback(self, answer_id: str, helpful: bool, user: str | None = None, channel: str = "ui") -> None:
         """Store a thumbs up/down for a logged answer, with its question."""
@@ -175,32 +229,53 @@ class Engine:
         return {key: getattr(self.settings, key) for key in keys}
 
     def reload(self) -> bool:
-        """Switch to the live index version if a build has replaced ours; True when switched.
+        """Switch to the live index version if a build has replaced ours, or away from ours if it was
+        found damaged (then to the newest whole version); True when switched.
 
         A new version that cannot be opened (damaged, or built with another model) is refused
         with a notice, and the engine keeps answering from the version it has."""
+        current = self.index
         folder = current_version(self.settings.index)
-        if folder is None or folder == self.index.folder or folder.name == self._refused:
+        moved = folder is not None and folder != current.folder and folder.name not in self._refused
+        if not moved and current.damage is None:
             return False
         with self._lock:
-            if folder == self.index.folder:
+            current = self.index
+            if current.damage is not None:
+                self._refused[current.folder.name] = current.damage
+            elif folder is None or folder == current.folder:
                 return False
             try:
-                index = open_index(self.settings.index)
+                index = open_index(self.settings.index, damaged=self._refused)
                 if self._embedder is not None and index.has_dense:
                     check_model(index.manifest, self._embedder)
             except ThreatQAError as exc:
-                self._refused = folder.name
-                _stderr(f"threatqa: kept index {self.index.version}; the new version was refused: {exc}")
+                if folder is not None:
+                    self._refused.setdefault(folder.name, str(exc))
+                _stderr(f"threatqa: kept index {current.version}; the new version was refused: {exc}")
                 return False
+            if index.folder == current.folder:
+                index.close()
+                return False
+            if index.fallback_notice:
+                _stderr(f"threatqa: {index.fallback_notice}")
             old = self._live.retriever
             retriever = _retriever(self.settings, index, self._embedder, old.reranker)
             self._live = _live(retriever, self.settings, self._embedder)
+            old.index.close()  # its file is released now; a question still reading it reopens it
             return True
 
 
+MAX_K = 100  # passages per answer, whatever the front end
+MAX_DOCUMENT_FILTER = 1000  # entries in a request's document filter
+
+
+def _kind(value: object) -> str:
+    return "nothing (null)" if value is None else type(value).__name__
+
+
 def _live(retriever: Retriever, settings: Settings, embedder: Embedder | None) -> _Live:
-    notices = []
+    notices = [retriever.index.fallback_notice] if retriever.index.fallback_notice else []
     if settings.model and not retriever.index.has_dense:
         notices.append(
             "this index has no dense vectors (it was built in lexical mode) although a model is configured: "

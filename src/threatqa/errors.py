@@ -30,7 +30,11 @@ class IndexMismatch(ThreatQAError):
 
 
 class QuestionError(ThreatQAError):
-    """A question cannot be answered as given (wrong type, over the hard cap)."""
+    """A question cannot be answered as given (wrong type, bad k, unknown documents)."""
+
+
+class QuestionTooLong(QuestionError):
+    """The question is over the length limit (HTTP 413)."""
 
 
 class AuditError(ThreatQAError):

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,27 +31,22 @@ from pathlib import Path
 import numpy as np
 
 from threatqa.chunking import Chunk, ChunkConfig, Span, chunk_documents, windows
-from threatqa.dense import VECTORS, DenseConfig, DenseIndex, TermVectors, compute_threads, write_dense
+from threatqa.dense import DenseConfig, TermVectors, compute_threads, write_dense
 from threatqa.embeddings import Embedder
 from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable
 from threatqa.ingest import Document, file_sha256, load_documents
 from threatqa.lexical import LexicalIndex, content_words
-from threatqa.manifest import (
-    MANIFEST,
-    SCHEMA_VERSION,
-    Manifest,
-    check_files,
-    input_fingerprint,
-    read_manifest,
-)
-from threatqa.store import CHUNKS, ChunkStore, DocumentInfo, write_store
+from threatqa.manifest import MANIFEST, SCHEMA_VERSION, Manifest, input_fingerprint, read_manifest
+from threatqa.store import CHUNKS, DIGESTS, DocumentInfo, passage_digests, passage_sha256, write_store
+from threatqa.versions import BM25_DIR, CURRENT, Index, current_version, open_index
 
-CURRENT = "CURRENT"
-BM25_DIR = "bm25"
 EMBED_SLICE = 512  # windows embedded per call, between progress reports
 PROGRESS_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal
 
-__all__ = ["SCHEMA_VERSION", "BuildReport", "DenseConfig", "DocumentInfo", "Index", "build_index", "open_index"]
+__all__ = [
+    "SCHEMA_VERSION", "BuildReport", "DenseConfig", "DocumentInfo", "Index", "build_index", "current_version",
+    "is_stale", "open_index",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,79 +65,6 @@ class BuildReport:
     mode: str = "lexical"
     warnings: tuple[str, ...] = field(default=())
     seconds: float = 0.0
-
-
-class Index:
-    """One opened, immutable index version: chunk store, BM25 and (optionally) the window vectors."""
-
-    def __init__(
-        self, folder: Path, manifest: Manifest, store: ChunkStore, lexical: LexicalIndex, dense: DenseIndex | None
-    ) -> None:
-        self.folder = folder
-        self.manifest = manifest
-        self.store = store
-        self.lexical = lexical
-        self.dense = dense
-
-    @property
-    def version(self) -> str:
-        return self.manifest.id
-
-    @property
-    def has_dense(self) -> bool:
-        return self.dense is not None
-
-    def __len__(self) -> int:
-        return self.manifest.chunk_count
-
-    def documents(self) -> list[DocumentInfo]:
-        return self.store.documents()
-
-    def document(self, doc_id: str) -> Document:
-        return self.store.document(doc_id)
-
-    def chunks(self, rows: list[int]) -> list[Chunk]:
-        """Passages by row number, in the order asked."""
-        return self.store.chunks(rows)
-
-    def rows_for_documents(self, doc_ids_or_paths: list[str]) -> np.ndarray:
-        return self.store.rows_for_documents(doc_ids_or_paths)
-
-
-# ---------------------------------------------------------------------------------------- open
-
-
-def current_version(index_dir: Path) -> Path | None:
-    pointer = index_dir / CURRENT
-    try:
-        name = pointer.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    folder = index_dir / name
-    return folder if name and folder.is_dir() else None
-
-
-# One index load at a time per process: numpy parses .npy headers with ast.literal_eval, which
-# raises SystemError when two threads parse at once on CPython 3.11 ("AST constructor recursion
-# depth mismatch"); a server reloading while a build in the same process opens the new version hit it.
-_LOAD_LOCK = threading.Lock()
-
-
-def open_index(index_dir: Path, verify: bool = True) -> Index:
-    """Open the live index version; damaged or missing files are a clear error."""
-    with _LOAD_LOCK:
-        folder = current_version(index_dir)
-        if folder is None:
-            raise IndexMissing(f"no index in {index_dir}: build it with `threatqa index --index {index_dir}`")
-        manifest = read_manifest(folder)
-        if verify:
-            check_files(folder, manifest)
-        dense = None
-        if manifest.has_dense:
-            dense = DenseIndex.open(
-                folder, manifest.chunk_count, int(manifest.dimension or 0), VECTORS in manifest.files
-            )
-        return Index(folder, manifest, ChunkStore(folder / CHUNKS), LexicalIndex(folder / BM25_DIR), dense)
 
 
 # --------------------------------------------------------------------------------------- build
@@ -171,10 +92,14 @@ def build_index(
         warn(message)
 
     documents = load_documents(docs_dir, max_file_mb, warn=note)
+    # the fingerprint of the bytes actually read: a file saved or removed during the build then
+    # differs from it, and the next run rebuilds
+    read = {d.path: d.sha256 for d in documents}
+    fingerprint = input_fingerprint(docs_dir, chunking, read)
     index_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(index_dir), compute_threads(os.cpu_count() or 1):
+        _prune(index_dir, keep=set(), staging_only=True)  # what killed builds left behind
         previous = _previous(index_dir, note)
-        fingerprint = input_fingerprint(docs_dir, chunking)
         if previous is not None and previous.manifest.inputs == fingerprint and previous.manifest.built_with(embedder):
             return _unchanged_report(previous, warnings)
         if previous is not None and previous.has_dense and embedder is None and not allow_lexical:
@@ -193,6 +118,11 @@ def build_index(
         )
         _switch(index_dir, version)
         _prune(index_dir, keep={version, previous.folder.name if previous else ""})
+    if input_fingerprint(docs_dir, chunking) != fingerprint:
+        note(
+            "warning: documents changed while they were being indexed; this version has them as they were "
+            "read, and the next `threatqa index` (or server start) picks up the changes"
+        )
     old = {p: info["sha256"] for p, info in (previous.manifest.documents.items() if previous else [])}
     new = {d.path: d.sha256 for d in documents}
     return BuildReport(
@@ -229,12 +159,16 @@ def is_stale(docs_dir: Path, index_dir: Path, model: Embedder | None, chunking: 
 
 def _previous(index_dir: Path, warn: Callable[[str], None]) -> Index | None:
     try:
-        return open_index(index_dir)
+        index = open_index(index_dir)
     except IndexMissing:
         return None
     except IndexMismatch as exc:
         warn(f"warning: previous index not reused ({exc}); building from scratch")
         return None
+    if index.fallback_notice or index.wait_checked():  # never reuse vectors from a damaged version
+        warn(f"warning: previous index not reused ({index.fallback_notice or index.damage}); building from scratch")
+        return None
+    return index
 
 
 def _unchanged_report(previous: Index, warnings: list[str]) -> BuildReport:
@@ -357,6 +291,7 @@ def _write_version(
     staging.mkdir()
     try:
         write_store(staging / CHUNKS, documents, chunks)
+        np.save(staging / DIGESTS, passage_digests([c.text for c in chunks]))
         LexicalIndex.build([c.text for c in chunks], staging / BM25_DIR)
         dense = vectors is not None and spans is not None and embedder is not None
         if dense:
@@ -391,6 +326,7 @@ def _write_version(
                     "sha256": d.sha256,
                     "chunks": counts.get(d.id, 0),
                     "first_row": first_rows.get(d.id, 0),
+                    "text_sha256": passage_sha256(d.text),
                 }
                 for d in documents
             },
@@ -401,6 +337,7 @@ def _write_version(
         )
         _write_atomic(staging / MANIFEST, json.dumps(manifest.to_json(), indent=1, sort_keys=True))
         _fsync_tree(staging)
+        _read_only(staging)
         os.replace(staging, index_dir / version)
         return manifest
     except BaseException:
@@ -414,10 +351,28 @@ def _switch(index_dir: Path, version: str) -> None:
     _fsync_dir(index_dir)
 
 
-def _prune(index_dir: Path, keep: set[str]) -> None:
+def _prune(index_dir: Path, keep: set[str], staging_only: bool = False) -> None:
+    """Remove versions not in `keep` and staging folders of builds that died (call under the build lock)."""
+    prefixes = (".tmp-",) if staging_only else (".tmp-", "v-")
     for path in index_dir.iterdir():
-        if path.is_dir() and (path.name.startswith(".tmp-") or path.name.startswith("v-")) and path.name not in keep:
+        if path.is_dir() and path.name.startswith(prefixes) and path.name not in keep:
+            _writable(path)
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_only(folder: Path) -> None:
+    """A finished version cannot be changed in place by mistake (a truncated memory-mapped file would
+    crash the server that maps it); the folders stay writable only for pruning."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o444)
+
+
+def _writable(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                path.chmod(0o644)
 
 
 @contextlib.contextmanager

@@ -19,10 +19,10 @@ from threatqa.ingest import file_sha256, iter_files
 
 # 2: passages keep their own text; 3: lexical views as BM25 matrices by stem / by passage;
 # 4: one character view, stored by sentence; 5: passages do not overlap, dense vectors are of
-# passage windows, the model is identified by content
-SCHEMA_VERSION = 5
+# passage windows, the model is identified by content; 6: digests of passages and document texts,
+# checked as they are read
+SCHEMA_VERSION = 6
 MANIFEST = "manifest.json"
-VERIFY_CHECKSUMS_BELOW = 256 * 1024 * 1024  # bytes; larger indexes are checked by size only at load
 
 
 class ModelIdentity(Protocol):
@@ -91,17 +91,6 @@ def read_manifest(folder: Path) -> Manifest:
         ) from None
 
 
-def check_files(folder: Path, manifest: Manifest) -> None:
-    """Every file the manifest lists exists with its size (and checksum, for small indexes)."""
-    total = sum(int(info["bytes"]) for info in manifest.files.values())  # type: ignore[call-overload]
-    for name, info in manifest.files.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != info["bytes"]:
-            raise IndexMismatch(f"index file {path} is missing or truncated; rebuild with `threatqa index`")
-        if total <= VERIFY_CHECKSUMS_BELOW and file_sha256(path) != info["sha256"]:
-            raise IndexMismatch(f"index file {path} does not match its checksum; rebuild with `threatqa index`")
-
-
 def check_model(manifest: Manifest, model: ModelIdentity) -> list[str]:
     """A dense index must be queried with the model that built it, recognised by content: the same
     model at another path is accepted, another model (even at the same path) is refused. Returns
@@ -124,10 +113,22 @@ def check_model(manifest: Manifest, model: ModelIdentity) -> list[str]:
     return []
 
 
-def input_fingerprint(docs_dir: Path, chunking: ChunkConfig) -> str:
-    """Hash of every candidate file (path and bytes, skipped ones included) and the chunk settings."""
+def input_fingerprint(docs_dir: Path, chunking: ChunkConfig, read: dict[str, str] | None = None) -> str:
+    """Hash of every candidate file (path and bytes, skipped ones included) and the chunk settings.
+
+    `read` gives the sha256 of files as a build read them (relative path -> sha256): those count as
+    read, whatever the file holds now, and files read but gone since count too, so a file saved or
+    removed during a build makes the folder's fingerprint differ from the build's."""
     digest = hashlib.sha256(json.dumps([SCHEMA_VERSION, asdict(chunking)], sort_keys=True).encode())
+    entries = dict(read or {})
     if docs_dir.is_dir():
         for path in iter_files(docs_dir):
-            digest.update(f"{path.relative_to(docs_dir).as_posix()}\0{file_sha256(path)}\n".encode())
+            rel = path.relative_to(docs_dir).as_posix()
+            if rel not in entries:
+                try:
+                    entries[rel] = file_sha256(path)
+                except OSError:  # unreadable: skipped by the build with a warning, and fingerprinted as such
+                    entries[rel] = "unreadable"
+    for rel in sorted(entries):
+        digest.update(f"{rel}\0{entries[rel]}\n".encode())
     return digest.hexdigest()

@@ -1,5 +1,11 @@
 """The chunk store of an index version (part of the index stage): documents with their extracted
-text, and passages by row number, in one SQLite file (`chunks.sqlite`), opened read-only."""
+text, and passages by row number, in one SQLite file (`chunks.sqlite`), opened read-only.
+
+Every text the store hands out is checked as it is read: passages against `digests.npy` (16 bytes of
+each passage's sha256, a small file whose own checksum is verified whenever the version opens) and
+documents against the text hashes in the manifest. So a quote is exact even in an index too large
+to checksum at every start, and a damaged store is refused instead of quoted.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,17 @@ import sqlite3
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from threatqa.chunking import Chunk
+from threatqa.errors import IndexMismatch
 from threatqa.ingest import Document, PageSpan
 
 CHUNKS = "chunks.sqlite"
+DIGESTS = "digests.npy"
+DIGEST_BYTES = 16  # of each passage's sha256: collisions by accident are out of reach at any corpus size
 _CHUNK_COLUMNS = ", ".join(f'"{f.name}"' for f in fields(Chunk))  # the chunks table has each, by name
 
 
@@ -35,33 +45,69 @@ def passage_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def passage_digests(texts: list[str]) -> np.ndarray:
+    """The first DIGEST_BYTES of each text's sha256, one row per text (written as digests.npy)."""
+    out = np.zeros((len(texts), DIGEST_BYTES), dtype=np.uint8)
+    for row, text in enumerate(texts):
+        out[row] = np.frombuffer(hashlib.sha256(text.encode("utf-8")).digest()[:DIGEST_BYTES], dtype=np.uint8)
+    return out
+
+
 class ChunkStore:
-    """Read access to one version's chunks.sqlite, one read-only connection per thread."""
+    """Read access to one version's chunks.sqlite through one read-only connection, shared by all threads
+    (SQLite is built serialized; reads take well under a millisecond) so that a retired version's file
+    is released as soon as the version is, not when each worker thread ends.
 
-    def __init__(self, path: Path) -> None:
+    `digests` (passage digests by row) and `text_sha256` (document id -> sha256 of its text) check what
+    is read; a mismatch raises IndexMismatch."""
+
+    def __init__(
+        self, path: Path, digests: np.ndarray | None = None, text_sha256: dict[str, str] | None = None
+    ) -> None:
         self.path = path
-        self._local = threading.local()
+        self.digests = digests
+        self.text_sha256 = text_sha256 or {}
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
 
-    def _db(self) -> sqlite3.Connection:
-        # sqlite3 connections must not cross threads
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-        return conn
+    def _query(self, sql: str, params: list[object] | tuple[object, ...] = (), rows: bool = True) -> list[Any]:
+        with self._lock:
+            if self._conn is None:
+                self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            cursor = self._conn.cursor()
+            cursor.row_factory = sqlite3.Row if rows else None
+            try:
+                return cursor.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:  # a damaged file: refused like any other damage
+                raise IndexMismatch(
+                    f"index file {self.path} cannot be read ({exc}); rebuild with `threatqa index`"
+                ) from None
+
+    def close(self) -> None:
+        """Release the file (a retired version); a later read reopens it."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _damaged(self, what: str) -> IndexMismatch:
+        return IndexMismatch(f"{what} in {self.path.parent.name} does not match its checksum: the index is damaged")
 
     def documents(self) -> list[DocumentInfo]:
         query = (
             "SELECT d.id, d.path, d.title, d.sha256, d.date, COUNT(c.row) AS passages "
             "FROM documents d LEFT JOIN chunks c ON c.doc_id = d.id GROUP BY d.id ORDER BY d.path"
         )
-        return [DocumentInfo(**dict(row)) for row in self._db().execute(query)]
+        return [DocumentInfo(**dict(row)) for row in self._query(query)]
 
     def document(self, doc_id: str) -> Document:
-        row = self._db().execute("SELECT * FROM documents WHERE id = ?", (doc_id,)).fetchone()
-        if row is None:
+        found = self._query("SELECT * FROM documents WHERE id = ?", (doc_id,))
+        if not found:
             raise KeyError(doc_id)
+        row = found[0]
+        expected = self.text_sha256.get(doc_id)
+        if expected is not None and passage_sha256(row["text"]) != expected:
+            raise self._damaged(f"the text of document {row['path']}")
         pages = tuple(PageSpan(*p) for p in json.loads(row["pages"]))
         return Document(
             id=row["id"], path=row["path"], title=row["title"], sha256=row["sha256"], date=row["date"],
@@ -72,11 +118,14 @@ class ChunkStore:
         """Passages by row number, in the order asked."""
         if not rows:
             return []
-        cursor = self._db().cursor()
-        cursor.row_factory = None  # plain tuples, in Chunk's field order
         query = f"SELECT row, {_CHUNK_COLUMNS} FROM chunks WHERE row IN ({','.join('?' * len(rows))})"
-        found = {row[0]: row[1:] for row in cursor.execute(query, [int(r) for r in rows])}
-        return [Chunk(*found[r]) for r in rows]
+        found = {row[0]: row[1:] for row in self._query(query, [int(r) for r in rows], rows=False)}
+        chunks = [Chunk(*found[r]) for r in rows]  # plain tuples, in Chunk's field order
+        if self.digests is not None:
+            for r, chunk in zip(rows, chunks):
+                if bytes(self.digests[r]) != hashlib.sha256(chunk.text.encode("utf-8")).digest()[:DIGEST_BYTES]:
+                    raise self._damaged(f"passage {r}")
+        return chunks
 
     def rows_for_documents(self, doc_ids_or_paths: list[str]) -> np.ndarray:
         """Row numbers of every passage of the given documents (ids or paths)."""
@@ -86,7 +135,7 @@ class ChunkStore:
             f"WHERE d.id IN ({marks}) OR d.path IN ({marks})"
         )
         params = list(doc_ids_or_paths) * 2
-        return np.array([r[0] for r in self._db().execute(query, params)], dtype=np.int64)
+        return np.array([r[0] for r in self._query(query, params, rows=False)], dtype=np.int64)
 
 
 def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> None:
