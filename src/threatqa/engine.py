@@ -63,7 +63,7 @@ class Engine:
         self._live = _live(retriever, settings, embedder)
         self._embedder = embedder  # kept even while the index is lexical-only, for the next version
         self.notices = tuple(notices)
-        self.audit = AuditLog(settings.audit)
+        self.audit = AuditLog(settings.audit, settings.audit_key)
         self._lock = threading.Lock()
         self._refused: dict[str, str] = {}  # versions that failed to load or were found damaged, and why
 
