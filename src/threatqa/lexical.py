@@ -42,7 +42,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
 from threatqa.chunking import Span, paragraphs, sentences
 from threatqa.errors import IndexMismatch
-from threatqa.lexical_bm25 import _TOKEN, _idf, _mean, _saturate, _sum_by_passage
+from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _mean, _segment_sums, _sum_by_passage
 from threatqa.lexical_chars import CharView, CharWriter, _ngram_counts, _open
 
 SENTENCE_WEIGHT = 0.5
@@ -86,25 +86,36 @@ def _scaled(scores: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def _word_kernel(terms, passage_starts, passage_rows, passage_weights, sentence_starts, sentence_rows,
-                 sentence_weights, owners, scores, found, mask, keep):  # fmt: skip
+def _word_kernel(terms, starts, sentence_rows, counts, owners, idf, lengths, means, scores, found, mask, keep):
     """The word view's scores (passage BM25 + SENTENCE_WEIGHT x its best sentence's) of the passages
     that have one of the terms (a term given twice counts twice), only those where mask is True when
     mask is not empty; the best `keep` of them (ties to the lower row), in row order.
 
-    scores (float32, passages x 2: BM25 and best sentence's, side by side so that a passage is one
-    cache line) and found come zeroed and are left zeroed. A sentence's BM25 is summed by merging
-    the terms' sentence postings (each in sentence order), so no array of all sentences is touched."""
+    The postings are the terms' sentences (ascending) with the term's count there, and owners[j]
+    the passage of posting j; idf holds each term's IDF over passages and over sentences, lengths
+    the sentences' and the passages' lengths in words, means their means. A passage's count is the
+    sum over its sentences, whose postings are adjacent. scores (float32, passages x 2: BM25 and best
+    sentence's, side by side so that a passage is one cache line) and found come zeroed and are left
+    zeroed. A sentence's BM25 is summed by merging the terms' sentence postings (each in sentence
+    order), so no array of all sentences is touched."""
+    sentence_lengths, passage_lengths = lengths
+    base = K1 * (1 - B)
+    per_sentence, per_passage = K1 * B / max(means[0], 1e-9), K1 * B / max(means[1], 1e-9)
     n = 0
     for t in terms:
-        for j in range(passage_starts[t], passage_starts[t + 1]):
-            row = passage_rows[j]
+        j, end = starts[t], starts[t + 1]
+        while j < end:
+            row, tf = owners[j], 0.0
+            while j < end and owners[j] == row:
+                tf += counts[j]
+                j += 1
             if scores[row, 0] == 0.0:  # BM25 weights are positive: the passage's first term
                 found[n] = row
                 n += 1
-            scores[row, 0] += passage_weights[j]
+            weight = np.float32(tf / (tf + base + per_passage * passage_lengths[row]))
+            scores[row, 0] += idf[t, 0] * weight
     # a passage has a term exactly when one of its sentences has it: the rows are all found
-    at, ends = sentence_starts[terms], sentence_starts[terms + 1]
+    at, ends = starts[terms], starts[terms + 1]
     while True:
         sentence = -1
         for i in range(len(terms)):
@@ -113,9 +124,11 @@ def _word_kernel(terms, passage_starts, passage_rows, passage_weights, sentence_
         if sentence < 0:
             break
         total, row = np.float32(0.0), 0
+        norm = base + per_sentence * sentence_lengths[sentence]
         for i in range(len(terms)):  # in the terms' order, as a sum over them is
             if at[i] < ends[i] and sentence_rows[at[i]] == sentence:
-                total += sentence_weights[at[i]]
+                tf = np.float64(counts[at[i]])
+                total += idf[terms[i], 1] * np.float32(tf / (tf + norm))
                 row = owners[at[i]]
                 at[i] += 1
         scores[row, 1] = max(scores[row, 1], total)
@@ -172,46 +185,59 @@ def _kth_largest(values, k):
 
 
 @njit(nogil=True, cache=True)
-def _contains(indptr, indices, terms, rows):
-    """found[i, j]: whether passage rows[j] has term terms[i] (a term below 0 is in none)."""
-    found = np.zeros((len(terms), len(rows)))
+def _contains(starts, sentence_rows, terms, firsts, lasts):
+    """found[i, j]: whether the passage of sentences firsts[j] .. lasts[j] - 1 has term terms[i]
+    (a term below 0 is in none)."""
+    found = np.zeros((len(terms), len(firsts)))
     for i in range(len(terms)):
         if terms[i] < 0:
             continue
-        postings = indices[indptr[terms[i]] : indptr[terms[i] + 1]]
-        for j in range(len(rows)):
-            at = np.searchsorted(postings, rows[j])
-            found[i, j] = at < len(postings) and postings[at] == rows[j]
+        postings = sentence_rows[starts[terms[i]] : starts[terms[i] + 1]]
+        for j in range(len(firsts)):
+            at = np.searchsorted(postings, firsts[j])
+            found[i, j] = at < len(postings) and postings[at] < lasts[j]
     return found
 
 
 @dataclass(frozen=True)
 class WordView:
-    """BM25 weights of word stems, stored by stem (CSC: rows are texts, columns stems)."""
+    """Word stems by sentence, stored by stem: each stem's sentences (ascending) and its count in
+    each; BM25 weights are worked out at query time from the counts and lengths kept beside them
+    (5 bytes a posting where a weight for passages and one for sentences took 16)."""
 
-    data: np.ndarray  # float32 weight per posting
-    indices: np.ndarray  # int32 text row per posting, ascending within a stem
-    indptr: np.ndarray  # int64, len(vocabulary) + 1
-    rows: int
+    FILES = ("indptr", "sentences", "counts", "df", "sentence-lengths", "passage-lengths")
+
+    indptr: np.ndarray  # int64, stems + 1: stem t's postings are [indptr[t], indptr[t + 1])
+    sentences: np.ndarray  # int32 sentence row per posting, ascending within a stem
+    counts: np.ndarray  # uint8 (uint16 when a count needs it): the stem's count in the sentence
+    df: np.ndarray  # int64, per stem: the passages that have it
+    sentence_lengths: np.ndarray  # float32, words per sentence (stems counted, stopwords not)
+    passage_lengths: np.ndarray  # float32, words per passage
 
     @classmethod
-    def from_counts(cls, counts: sparse.csr_matrix) -> WordView:
-        """BM25 weights from a (texts x stems) count matrix."""
+    def from_counts(cls, counts: sparse.csr_matrix, per_passage: np.ndarray) -> WordView:
+        """The view of a (sentences x stems) count matrix whose passages have per_passage sentences each."""
         lengths = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
-        idf = _idf(np.bincount(counts.indices, minlength=counts.shape[1]), counts.shape[0]).astype(np.float32)
-        per_entry = np.repeat(lengths, np.diff(counts.indptr))
-        counts.data = idf[counts.indices] * _saturate(counts.data, per_entry, _mean(lengths))
-        weights = counts.astype(np.float32).tocsc()
-        weights.sort_indices()
-        return cls(weights.data, weights.indices.astype(np.int32), weights.indptr.astype(np.int64), counts.shape[0])
+        df = np.bincount(_sum_by_passage(counts, per_passage).indices, minlength=counts.shape[1])
+        by_stem = counts.tocsc()
+        by_stem.sort_indices()
+        top = int(by_stem.data.max(initial=0))
+        return cls(by_stem.indptr.astype(np.int64), by_stem.indices.astype(np.int32),
+                   by_stem.data.astype(np.uint8 if top <= 255 else np.uint16), df.astype(np.int64), lengths,
+                   _segment_sums(lengths, per_passage).astype(np.float32))  # fmt: skip
 
-    def save(self, folder: Path, name: str) -> None:
-        for part in ("data", "indices", "indptr"):
-            np.save(folder / f"{name}-{part}.npy", getattr(self, part))
+    def save(self, folder: Path) -> None:
+        for name in self.FILES:
+            np.save(folder / f"word-{name}.npy", getattr(self, name.replace("-", "_")))
 
     @classmethod
-    def load(cls, folder: Path, name: str, rows: int) -> WordView:
-        return cls(*(_open(folder / f"{name}-{part}.npy") for part in ("data", "indices", "indptr")), rows=rows)
+    def load(cls, folder: Path) -> WordView:
+        return cls(*(_open(folder / f"word-{name}.npy") for name in cls.FILES))
+
+    def idf(self) -> np.ndarray:
+        """Each stem's IDF over passages and over sentences (float32, stems x 2)."""
+        passages, sentences = len(self.passage_lengths), len(self.sentence_lengths)
+        return np.stack([_idf(self.df, passages), _idf(np.diff(self.indptr), sentences)], axis=1).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -252,15 +278,17 @@ class LexicalIndex:
         meta = json.loads((folder / self.META).read_text())
         self.count = int(meta["count"])
         self.vocabulary: dict[str, int] = meta["vocabulary"]
-        self.words = WordView.load(folder, "word", self.count)
-        self.word_sentences = WordView.load(folder, "word-sentences", int(meta["sentences"]))
+        self.words = WordView.load(folder)
+        self.idf = self.words.idf()  # in memory: stems x 2 floats
+        self.lengths = self.words.sentence_lengths, self.words.passage_lengths
+        self.means = np.array([_mean(lengths) for lengths in self.lengths])
         self.sentence_starts = np.load(folder / "sentence_starts.npy")  # each passage's first sentence
-        self.sentence_ends = np.append(self.sentence_starts[1:], self.word_sentences.rows)
+        self.sentence_ends = np.append(self.sentence_starts[1:], int(meta["sentences"]))
         self.chars = CharView.load(folder)
         self.largest = self.chars.largest(self.sentence_starts, self.sentence_ends)
         owner = np.repeat(np.arange(self.count, dtype=np.int32), self.sentence_ends - self.sentence_starts)
         # the passage of each sentence posting, read in order at query time (4 bytes a posting, in memory)
-        self.posting_owner = owner[self.word_sentences.indices]
+        self.posting_owner = owner[self.words.sentences]
         self._free: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
 
     @classmethod
@@ -274,8 +302,7 @@ class LexicalIndex:
         except ValueError:  # no text has a searchable word (an empty vocabulary)
             vectorizer = CountVectorizer(analyzer=word_tokens, dtype=np.float32, vocabulary=["\x00"])
             sentence_counts = vectorizer.transform(_sentences(texts, per_passage))
-        WordView.from_counts(_sum_by_passage(sentence_counts, per_passage)).save(folder, "word")
-        WordView.from_counts(sentence_counts).save(folder, "word-sentences")
+        WordView.from_counts(sentence_counts, per_passage).save(folder)
         del sentence_counts
         chars = CharWriter(folder)
         for first in range(0, len(texts), BATCH):
@@ -349,10 +376,10 @@ class LexicalIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows sharing a stem with the question (only where mask is True, if given) and their word-view
         score, BM25 + half the best sentence's; the best `keep` of them (ties to the lower row), in row order."""
-        words, sentences = self.words, self.word_sentences
+        words = self.words
         return _word_kernel(  # type: ignore[no-any-return]
-            terms, words.indptr, words.indices, words.data, sentences.indptr, sentences.indices, sentences.data,
-            self.posting_owner, scratch.scores, scratch.found, _NO_MASK if mask is None else mask,
+            terms, words.indptr, words.sentences, words.counts, self.posting_owner, self.idf, self.lengths,
+            self.means, scratch.scores, scratch.found, _NO_MASK if mask is None else mask,
             self.count if keep is None else keep,
         )  # fmt: skip
 
@@ -360,10 +387,11 @@ class LexicalIndex:
         """The IDF of each word's stem over the passages; a word the index does not know weighs as
         much as the rarest possible term (as in `coverage`)."""
         columns = np.array([self.vocabulary.get(_stem(w), -1) for w in words], dtype=np.int64)
-        df = np.zeros(len(words), dtype=np.int64)
-        known = columns >= 0
-        df[known] = self.words.indptr[columns[known] + 1] - self.words.indptr[columns[known]]
-        return _idf(df, self.count)
+        return _idf(self._df(columns), self.count)
+
+    def _df(self, columns: np.ndarray) -> np.ndarray:
+        """The passages that have each stem column (0 for a column below 0: a stem the index lacks)."""
+        return np.where(columns >= 0, self.words.df[np.maximum(columns, 0)] if len(self.words.df) else 0, 0)
 
     def coverage(self, question: str, rows: list[int]) -> list[float]:
         """For each passage row: the share of the question's IDF mass (distinct word stems) it contains.
@@ -374,9 +402,8 @@ class LexicalIndex:
         if not stems:
             return [0.0] * len(rows)
         columns = np.array([self.vocabulary.get(stem, -1) for stem in stems], dtype=np.int64)
-        known = columns >= 0
-        df = np.zeros(len(stems), dtype=np.int64)
-        df[known] = self.words.indptr[columns[known] + 1] - self.words.indptr[columns[known]]
-        weights = _idf(df, self.count)
-        found = _contains(self.words.indptr, self.words.indices, columns, np.asarray(rows, dtype=np.int64))
+        weights = _idf(self._df(columns), self.count)
+        rows_ = np.asarray(rows, dtype=np.int64)
+        found = _contains(self.words.indptr, self.words.sentences, columns, self.sentence_starts[rows_],
+                          self.sentence_ends[rows_])  # fmt: skip
         return (weights @ found / weights.sum()).tolist()
