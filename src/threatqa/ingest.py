@@ -30,10 +30,13 @@ from threatqa.ingest_meta import Evidence, dateline_date, first, parse_date, pla
 from threatqa.ingest_worker import Extractor
 
 __all__ = [
-    "MAX_UNPACKED_BYTES", "SUPPORTED", "Document", "Extracted", "IngestLimits", "PageSpan", "document_id",
-    "file_sha256", "iter_files", "load_documents", "read_document",
+    "EXTRACTION_VERSION", "MAX_UNPACKED_BYTES", "SUPPORTED", "Document", "Extracted", "IngestLimits", "PageSpan",
+    "document_id", "file_sha256", "iter_files", "load_documents", "read_document",
 ]  # fmt: skip
 
+# Bumped when extraction gives other text for the same file; an index built with another version
+# is stale (for manifest.input_fingerprint to include; see the ingest hand-over notes).
+EXTRACTION_VERSION = 2
 _FILE_DATE_SOURCE = {".pdf": "PDF metadata (CreationDate)", ".docx": "DOCX core properties (created)"}
 
 

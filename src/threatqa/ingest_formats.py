@@ -181,9 +181,10 @@ def _read_docx(data: bytes) -> Extracted:
         if element.tag.endswith("}p"):
             paragraph = Paragraph(element, document)
             paragraphs.append(paragraph.text)
-            style = (paragraph.style.name if paragraph.style is not None else "") or ""
-            if heading is None and paragraph.text.strip() and style in ("Title", "Heading 1"):
-                heading = " ".join(paragraph.text.split())
+            # a style lookup is slow in python-docx: only the opening paragraphs can hold the title
+            if heading is None and len(paragraphs) <= 10 and paragraph.text.strip():
+                style = (paragraph.style.name if paragraph.style is not None else "") or ""
+                heading = " ".join(paragraph.text.split()) if style in ("Title", "Heading 1") else None
         elif element.tag.endswith("}tbl"):
             for row in Table(element, document).rows:
                 paragraphs.append(" | ".join(cell.text for cell in row.cells))

@@ -7,7 +7,8 @@ pages; page numbers), splits a box where the font size changes (a heading run in
 joins each paragraph's lines (a line-end hyphen before a lower-case word is a typesetting break
 and is removed, unless the hyphenated word occurs elsewhere in the document), and joins a
 paragraph that runs on to the next page. pdfminer.six was chosen over pypdf, pypdfium2 and
-pdfplumber by `benchmarks/extraction.py`: see the README's extraction figures.
+pdfplumber with `benchmarks/extraction.py`: pypdfium2 is the fastest but, like pypdf, gives lines
+without paragraphs; pdfminer.six's boxes give the paragraphs (figures in CHANGELOG.md).
 """
 
 from __future__ import annotations
