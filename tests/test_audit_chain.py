@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from threatqa.audit import AuditLog, Checkpoint
 from threatqa.audit_chain import keyed_record_hash
 from threatqa.audit_key import read_key, record_mac
+from threatqa.audit_lean import decode, encode, pack, unpack
 from threatqa.cli import main
 from threatqa.config import Settings
 from threatqa.engine import Engine
@@ -54,7 +56,7 @@ def _rehash(path: Path, first: int, key: bytes | None = None) -> None:
     prev = rows[first - 2]["hash"] if first > 1 else "0" * 64
     for row in rows[first - 1 :]:
         fields = [row[k] for k in ("seq", "id", "time", "kind", "user", "channel", "question")]
-        digest = keyed_record_hash(*fields, bool(row["lean"]), row["payload"], prev)
+        digest = keyed_record_hash(*fields, bool(row["lean"]), unpack(row["payload"]), prev)
         mac = record_mac(key, digest) if key else row["mac"]
         values = (prev, digest, mac, row["seq"])
         conn.execute("UPDATE records SET prev_hash = ?, hash = ?, mac = ? WHERE seq = ?", values)
@@ -105,17 +107,32 @@ def test_a_rewrite_by_the_key_holder_is_caught_by_a_checkpoint(log: AuditLog) ->
     assert log.verify_chain([Checkpoint(0, "0" * 64)]).ok
 
 
+def _edit_texts(path: Path, old: str, new: str) -> str:
+    """Replace words inside the stored passage texts (compressed or not); the first text changed."""
+    conn = sqlite3.connect(path)
+    changed = []
+    for name, value in conn.execute("SELECT sha256, text FROM texts").fetchall():
+        if old in unpack(value):
+            changed.append((pack(unpack(value).replace(old, new)), name))
+    conn.close()
+    _sql(path)  # drop the triggers
+    conn = sqlite3.connect(path)
+    conn.executemany("UPDATE texts SET text = ? WHERE sha256 = ?", changed)
+    conn.commit()
+    conn.close()
+    return changed[0][1]
+
+
 def test_an_altered_or_missing_passage_text_is_caught(engine: Engine) -> None:
     engine.ask(QUESTION, k=3)
     log = engine.audit
-    conn = sqlite3.connect(log.path)
-    (name,) = conn.execute("SELECT sha256 FROM texts WHERE text LIKE '%billion%' LIMIT 1").fetchone()
-    conn.close()
-    _sql(log.path, f"UPDATE texts SET text = replace(text, 'billion', 'million') WHERE sha256 = '{name}'")
+    name = _edit_texts(log.path, "billion", "million")
     report = log.verify_chain()
     assert not report.ok and report.broken_seq == 1 and name in report.reason
     _sql(log.path, f"DELETE FROM texts WHERE sha256 = '{name}'")
     assert name in log.verify_chain().reason
+    _sql(log.path, "UPDATE texts SET text = x'00ff00ff'")
+    assert "altered" in log.verify_chain().reason
 
 
 def test_key_file_is_private_and_required(log: AuditLog, tmp_path: Path) -> None:
@@ -294,3 +311,46 @@ def test_checkpoint_format() -> None:
     assert str(Checkpoint.parse(f" 12:{digest.upper()} ")) == f"12:{digest}"
     with pytest.raises(AuditError, match="SEQ:HASH"):
         Checkpoint.parse("12")
+
+
+def _passage(rank: int, text: str, **changes: object) -> dict:
+    passage = {
+        "rank": rank, "text": text, "score": 0.5, "relevance": 0.5, "lexical_score": 1.0, "dense_score": None,
+        "rerank_score": None, "source": "a.txt", "document_id": "d1", "title": "A", "date": None, "start": 0,
+        "end": len(text), "page": None, "page_end": None, "paragraph": 1, "paragraph_end": 1, "line_start": 1,
+        "line_end": 1, "document_sha256": "0" * 64, "passage_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "index_version": "v1", "model": None,
+    }  # fmt: skip
+    passage["reference"] = f'A, undated, para 1: "{" ".join(text.split())}"'
+    return passage | changes
+
+
+def _without(passage: dict, key: str) -> dict:
+    return {k: v for k, v in passage.items() if k != key}
+
+
+ODD_PAYLOADS = {
+    "feedback": {"answer_id": "x", "helpful": True},
+    "no passages": {"passages": [], "index_version": "v1"},
+    "a value that looks like a reference": {"x": {"#": "abc"}, "question": "another question", "id": "other"},
+    "non-text keys and tuples": {1: (1, 2), "passages": []},
+    "answer": {"index_version": "v1", "model": None, "passages": [_passage(1, "one"), _passage(2, "two  words")]},
+    "no reference": {"index_version": "v1", "passages": [_without(_passage(1, "x"), "reference")]},
+    "another reference": {"index_version": "v1", "passages": [_passage(1, "one", reference="edited")]},
+    "another version": {"index_version": "v1", "passages": [_passage(1, "one"), _passage(2, "t", index_version="v2")]},
+    "no version": {"index_version": "v1", "passages": [_without(_passage(1, "x"), "index_version")]},
+    "hash not of the text": {"passages": [_passage(1, "one", passage_sha256="f" * 64)]},
+    "an extra field": {"passages": [_passage(1, "one"), _passage(2, "two", extra=[1])]},
+    "not a list": {"passages": "none"},
+    "long settings": {"settings": {"documents": [f"doc-{i}.txt" for i in range(50)]}, "passages": []},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(ODD_PAYLOADS))
+def test_the_lean_form_never_changes_a_payload(name: str) -> None:
+    payload = ODD_PAYLOADS[name]
+    lean = encode(payload, "q", "rid")
+    if lean is not None:
+        assert decode(lean.body, lean.texts.__getitem__, "q", "rid") == json.loads(json.dumps(payload))
+    assert (lean is not None) == (name in ("feedback", "no passages", "a value that looks like a reference",
+                                           "non-text keys and tuples", "answer", "long settings"))  # fmt: skip

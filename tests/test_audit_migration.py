@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from test_audit_chain import _edit_texts
 from threatqa.audit import AuditLog, Checkpoint
 from threatqa.cli import main
 from threatqa.config import Settings
@@ -91,11 +92,7 @@ def test_a_migrated_record_edited_is_caught(old_log: tuple[Path, list[dict], Che
     path, _, _ = old_log
     log = AuditLog(path)
     log.migrate()
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TRIGGER texts_no_update")
-    conn.execute("UPDATE texts SET text = replace(text, 'billion', 'million')")
-    conn.commit()
-    conn.close()
+    _edit_texts(path, "billion", "million")
     report = log.verify_chain()
     assert not report.ok and report.broken_seq == 1 and "altered" in report.reason
 

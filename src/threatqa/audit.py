@@ -45,6 +45,7 @@ from threatqa.errors import AuditError
 __all__ = ["GENESIS", "AuditLog", "AuditRecord", "ChainReport", "Checkpoint", "record_hash"]
 
 MIN_FREE_BYTES = 1 << 20  # below this, check() reports the disk as full
+STORED_NAMES = 200_000  # names of texts known to be in the log, kept to skip compressing them again
 _STATEMENTS = [
     """CREATE TABLE IF NOT EXISTS records (
         seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL,
@@ -90,6 +91,7 @@ class AuditLog:
         self._identity: tuple[int, int, int] | None = None  # (pid, device, inode) the connection was opened on
         self._key: bytes | None = None
         self._failure: str | None = None  # why the last append failed, until one succeeds
+        self._stored: set[str] = set()  # texts committed to this file (never deleted): not packed again
 
     # writing ------------------------------------------------------------------------------------
 
@@ -99,9 +101,11 @@ class AuditLog:
         rid = record_id or uuid.uuid4().hex
         lean = audit_lean.encode(payload, question, rid)
         body = lean.body if lean else json.dumps(payload, ensure_ascii=False, sort_keys=True)
-        texts = list(lean.texts.items()) if lean else []
+        stored = audit_lean.pack(body) if lean else body  # hashed as text, stored compressed
         with self._lock:
             conn = self._writer()
+            new = {name: text for name, text in (lean.texts.items() if lean else ()) if name not in self._stored}
+            texts = [(name, audit_lean.pack(text)) for name, text in new.items()]
             try:
                 conn.execute("BEGIN IMMEDIATE")  # serialises writers (other processes too): the chain has no forks
                 last = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
@@ -112,7 +116,7 @@ class AuditLog:
                 conn.executemany("INSERT OR IGNORE INTO texts VALUES (?, ?)", texts)
                 conn.execute(
                     "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, rid, stamp, kind, user, channel, question, body, prev, digest, KEYED, int(bool(lean)), mac),
+                    (seq, rid, stamp, kind, user, channel, question, stored, prev, digest, KEYED, int(bool(lean)), mac),
                 )
                 conn.execute("COMMIT")
             except BaseException as exc:
@@ -121,6 +125,9 @@ class AuditLog:
                     raise self._failed("cannot be written", exc) from None
                 raise
             self._failure = None
+            if len(self._stored) > STORED_NAMES:
+                self._stored.clear()
+            self._stored.update(new)
         return AuditRecord(seq, rid, stamp, kind, user, channel, question, payload, prev, digest, mac)
 
     def _writer(self) -> sqlite3.Connection:
@@ -208,6 +215,7 @@ class AuditLog:
     def close(self) -> None:
         """Close the kept connection (the next append opens it again)."""
         conn, self._conn, self._identity = self._conn, None, None
+        self._stored = set()
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -271,6 +279,7 @@ class AuditLog:
             raise AuditError(f"audit log {self.path} cannot be opened ({exc})") from None
         try:
             conn.row_factory = sqlite3.Row
+            conn.text_factory = _lenient_text  # an edited record with bad UTF-8 is reported, not a crash
             yield conn
         except sqlite3.Error as exc:
             raise AuditError(f"audit log {self.path} cannot be read ({exc})") from None
@@ -299,6 +308,10 @@ class AuditLog:
         checkpoint the log no longer reaches. `use_key=False` checks hashes and checkpoints only."""
         with self._reader() as conn:
             return verify(conn, self.path, self.key_path if use_key else None, list(checkpoints))
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 def _record(row: sqlite3.Row, conn: sqlite3.Connection) -> AuditRecord:

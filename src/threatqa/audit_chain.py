@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ def text_fetcher(conn: sqlite3.Connection) -> Callable[[str], str]:
         row = conn.execute("SELECT text FROM texts WHERE sha256 = ?", (sha256,)).fetchone()
         if row is None:
             raise KeyError(sha256)
-        return row[0]
+        return audit_lean.unpack(row[0])
 
     return fetch
 
@@ -68,8 +69,8 @@ def payload_of(row: sqlite3.Row, conn: sqlite3.Connection) -> dict[str, Any]:
     """A record's payload as it was logged (a lean one with its texts put back)."""
     if field_of(row, "lean"):
         try:
-            return audit_lean.decode(row["payload"], text_fetcher(conn), row["question"], row["id"])
-        except KeyError as exc:
+            return audit_lean.decode(audit_lean.unpack(row["payload"]), text_fetcher(conn), row["question"], row["id"])
+        except (KeyError, zlib.error, UnicodeDecodeError) as exc:
             raise AuditError(f"audit record {row['seq']} names a text the log does not hold ({exc})") from None
     return json.loads(row["payload"])
 
@@ -139,14 +140,21 @@ def _misfit(row: sqlite3.Row, conn: sqlite3.Connection, prev: str, expected: int
     if row["prev_hash"] != prev:
         return "its link to the previous record does not match (records deleted or re-ordered)"
     lean = bool(field_of(row, "lean"))
-    if lean and (missing := _bad_texts(row["payload"], conn, seen)):
-        return f"a passage text it names is missing or altered (sha256 {missing})"
+    try:
+        body = audit_lean.unpack(row["payload"]) if lean else row["payload"]
+        if lean and (missing := _bad_texts(body, conn, seen)):
+            return f"a passage text it names is missing or altered (sha256 {missing})"
+    except (zlib.error, UnicodeDecodeError, TypeError, ValueError, KeyError, IndexError, AuditError):
+        return "its payload cannot be read (the record was edited)"
     fields = [row[k] for k in ("seq", "id", "time", "kind", "user", "channel", "question")]
     record_format = field_of(row, "format", LEGACY)
     if record_format == LEGACY:
-        digest = record_hash(*fields, legacy_body(row, conn), row["prev_hash"])
+        try:
+            digest = record_hash(*fields, legacy_body(row, conn), row["prev_hash"])
+        except AuditError:
+            return "a passage text it names is missing (the record cannot be rebuilt)"
     elif record_format == KEYED:
-        digest = keyed_record_hash(*fields, lean, row["payload"], row["prev_hash"])
+        digest = keyed_record_hash(*fields, lean, body, row["prev_hash"])
     else:
         return f"unknown record format {record_format!r}"
     if digest != row["hash"]:
@@ -158,10 +166,7 @@ def _misfit(row: sqlite3.Row, conn: sqlite3.Connection, prev: str, expected: int
 
 def _bad_texts(body: str, conn: sqlite3.Connection, seen: set[str]) -> str:
     """The first text a lean body names that is absent or does not hash to its name ("" if none)."""
-    try:
-        names = audit_lean.refs(body)
-    except (ValueError, KeyError, TypeError, IndexError):
-        return "(unreadable payload)"
+    names = audit_lean.refs(body)
     fetch = text_fetcher(conn)
     for name in names:
         if name in seen:
@@ -169,7 +174,7 @@ def _bad_texts(body: str, conn: sqlite3.Connection, seen: set[str]) -> str:
         try:
             if audit_lean.sha256_text(fetch(name)) != name:
                 return name
-        except KeyError:
+        except (KeyError, zlib.error, UnicodeDecodeError):
             return name
         seen.add(name)
     return ""

@@ -9,18 +9,18 @@ found under its own `passage_sha256`. The record's hash covers those names, so t
 covers the texts they name (`audit verify` checks each text against its name).
 
 `encode` returns None for a payload that would not come back identical, and such a record is
-stored whole: the encoding never changes what a record says.
+stored whole: the encoding never changes what a record says. Stored bodies and texts are
+compressed (`pack`) where that saves bytes; hashes are always over the uncompressed text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from threatqa.answer import Citation, Passage
 
 DOC_KEYS = ("source", "document_id", "title", "date", "document_sha256")  # the same for every passage of a document
 SHARED_KEYS = ("index_version", "model")  # in every passage, and the same as the answer's own
@@ -38,6 +38,17 @@ class Lean:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def pack(text: str) -> str | bytes:
+    """What the log stores for `text`: zlib-compressed bytes when shorter, else the text itself."""
+    raw = text.encode("utf-8")
+    packed = zlib.compress(raw, 6)
+    return packed if len(packed) < len(raw) else text
+
+
+def unpack(value: str | bytes) -> str:
+    return zlib.decompress(value).decode("utf-8") if isinstance(value, bytes) else value
 
 
 def dumps(value: Any) -> str:
@@ -59,15 +70,15 @@ def encode(payload: dict[str, Any], question: str, record_id: str) -> Lean | Non
             if key == "passages" or (key, value) in (("question", question), ("id", record_id)):
                 continue
             text = dumps(value)
-            fields[key] = {REF: stored(text)} if len(text) > INLINE_LIMIT else value
+            inline = json.loads(text)
+            fields[key] = {REF: stored(text)} if len(text) > INLINE_LIMIT or _is_ref(inline) else inline
         body: dict[str, Any] = {"f": fields, "q": "question" in payload, "i": "id" in payload}
         if "passages" in payload:
             body["p"] = _encode_passages(payload, stored)
-        lean = Lean(dumps(body), texts)
-        same = decode(lean.body, texts.__getitem__, question, record_id) == json.loads(dumps(payload))
     except (KeyError, TypeError, ValueError, AttributeError, _Unfit):
         return None
-    return lean if same else None
+    # every field is accounted for (kept, named, or rebuilt exactly: checked above), so no decode is needed here
+    return Lean(dumps(body), texts)
 
 
 class _Unfit(Exception):
@@ -75,37 +86,44 @@ class _Unfit(Exception):
 
 
 def _encode_passages(payload: dict[str, Any], stored: Callable[[str], str]) -> dict[str, Any]:
+    """Passages as rows: [document, passage_sha256, other fields..., reference without its quote]."""
     passages = payload["passages"]
     if not passages:
         return {"c": None, "d": [], "r": []}
-    columns = ["passage_sha256", *(k for k in _own_keys(passages[0], payload) if k != "passage_sha256")]
-    docs: list[str] = []
+    shared = [k for k in SHARED_KEYS if k in payload]
+    columns = ["passage_sha256", *(k for k in _own_keys(passages[0], payload, shared) if k != "passage_sha256")]
+    wanted = set(columns)
+    docs: dict[str, int] = {}  # the answer's documents, by the name of their fields' text
+    named: dict[str, str] = {}
     rows = []
     for passage in passages:
-        if set(_own_keys(passage, payload)) != set(columns):
+        if set(_own_keys(passage, payload, shared)) != wanted or any(k not in passage for k in shared):
             raise _Unfit("passages differ in their fields")
-        if stored(passage["text"]) != passage["passage_sha256"] or passage.get("reference") != _reference(passage):
-            raise _Unfit("a text or reference that cannot be rebuilt")
-        doc = stored(dumps({k: passage[k] for k in DOC_KEYS if k in passage}))
-        if doc not in docs:
-            docs.append(doc)
-        rows.append([docs.index(doc), *(passage[k] for k in columns)])
-    return {"c": stored(dumps(columns)), "d": docs, "r": rows}
+        if stored(passage["text"]) != passage["passage_sha256"]:
+            raise _Unfit("a text that does not match its passage_sha256")
+        fields = {k: passage[k] for k in DOC_KEYS if k in passage}
+        key = dumps(fields)
+        doc = docs.setdefault(named.get(key) or named.setdefault(key, stored(key)), len(docs))
+        rows.append([doc, *(passage[k] for k in columns), _reference_head(passage)])
+    return {"c": stored(dumps(columns)), "d": list(docs), "r": rows}
 
 
-def _own_keys(passage: dict[str, Any], payload: dict[str, Any]) -> list[str]:
+def _own_keys(passage: dict[str, Any], payload: dict[str, Any], shared: list[str]) -> list[str]:
     """A passage's fields that are neither its text, its reference, its document's nor the answer's."""
-    shared = [k for k in SHARED_KEYS if k in payload and k in passage and passage[k] == payload[k]]
-    return [k for k in passage if k not in ("text", "reference", *DOC_KEYS, *shared)]
+    skip = {"text", "reference", *DOC_KEYS, *(k for k in shared if k in passage and passage[k] == payload[k])}
+    return [k for k in passage if k not in skip]
 
 
-def _reference(passage: dict[str, Any]) -> str | None:
-    """The passage's one-line reference, made as the answer makes it (None without the fields)."""
-    try:
-        citation = Citation(**{name: passage[name] for name in Citation.__dataclass_fields__})
-    except KeyError:
-        return None
-    return Passage(0, passage["text"], 0.0, 0.0, None, None, None, citation).reference()
+def _quoted(text: str) -> str:
+    return ': "' + " ".join(text.split()) + '"'  # how a reference ends: the quote on one line
+
+
+def _reference_head(passage: dict[str, Any]) -> str:
+    """The reference up to its quote ("<title>, <date>, para N"), which the quote completes."""
+    reference, tail = passage["reference"], _quoted(passage["text"])
+    if not isinstance(reference, str) or not reference.endswith(tail):
+        raise _Unfit("a reference that does not end with its quote")
+    return reference[: -len(tail)]
 
 
 def decode(body: str, fetch: Callable[[str], str], question: str, record_id: str) -> dict[str, Any]:
@@ -130,13 +148,13 @@ def _decode_passages(packed: dict[str, Any], fetch: Callable[[str], str], payloa
     docs = [json.loads(fetch(doc)) for doc in packed["d"]]
     passages = []
     for row in packed["r"]:
-        passage = dict(zip(columns, row[1:]))
+        passage = dict(zip(columns, row[1:-1]))
         passage["text"] = fetch(passage["passage_sha256"])
         passage |= docs[row[0]]
         for key in SHARED_KEYS:
             if key in payload and key not in passage:
                 passage[key] = payload[key]
-        passage["reference"] = _reference(passage)
+        passage["reference"] = row[-1] + _quoted(passage["text"])
         passages.append(passage)
     return passages
 

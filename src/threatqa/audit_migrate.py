@@ -42,8 +42,11 @@ def migrate(conn: sqlite3.Connection, key: bytes, path: Path) -> int:
         for seq, rid, question, body, digest in rows:
             lean = _lean(body, question, rid)
             if lean is not None:
-                conn.executemany("INSERT OR IGNORE INTO texts VALUES (?, ?)", list(lean.texts.items()))
-                conn.execute("UPDATE records SET payload = ?, lean = 1 WHERE seq = ?", (lean.body, seq))
+                texts = [(name, audit_lean.pack(text)) for name, text in lean.texts.items()]
+                conn.executemany("INSERT OR IGNORE INTO texts VALUES (?, ?)", texts)
+                conn.execute(
+                    "UPDATE records SET payload = ?, lean = 1 WHERE seq = ?", (audit_lean.pack(lean.body), seq)
+                )
             conn.execute("UPDATE records SET mac = ? WHERE seq = ?", (record_mac(key, digest), seq))
         after = rows[-1][0]
     return report.checked
