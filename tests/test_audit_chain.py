@@ -354,3 +354,23 @@ def test_the_lean_form_never_changes_a_payload(name: str) -> None:
         assert decode(lean.body, lean.texts.__getitem__, "q", "rid") == json.loads(json.dumps(payload))
     assert (lean is not None) == (name in ("feedback", "no passages", "a value that looks like a reference",
                                            "non-text keys and tuples", "answer", "long settings"))  # fmt: skip
+
+
+def test_a_full_disk_fails_the_question_and_loses_no_record(engine: Engine) -> None:
+    """tests/test_hostile.py's reproducer, on the kept connection (it opens no new one per record)."""
+    engine.ask(QUESTION)
+    conn = engine.audit._conn
+    assert conn is not None
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")  # the next page cannot be allocated: SQLITE_FULL
+    answered = [QUESTION]
+    with pytest.raises(AuditError, match="full"):
+        for i in range(200):  # until the free space left in the last pages is used up
+            answered.append(
+                engine.ask(f"What does wastewater analysis show about cocaine? {i} " + "padding " * 230).question
+            )
+    assert "full" in (engine.audit.check() or "")
+    log = AuditLog(engine.settings.audit)
+    assert [r.question for r in log.records()] == answered and log.verify_chain().ok
+    engine.ask("What does wastewater analysis show about cocaine?")  # a fresh connection, without the cap
+    assert log.verify_chain().checked == len(answered) + 1 and engine.audit.check() is None
