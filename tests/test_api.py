@@ -57,8 +57,8 @@ def test_ask_restricted_to_documents(client: TestClient, engine: Engine) -> None
     assert body["searched"] == [path]
     unknown = client.post("/api/ask", json={"question": QUESTION, "documents": ["nope.pdf"]})
     assert unknown.status_code == 422
-    assert "unknown document(s): nope.pdf" in unknown.json()["detail"]
-    assert path in unknown.json()["detail"]
+    assert "unknown document(s): 'nope.pdf'" in unknown.json()["detail"]
+    assert "/api/documents lists the ids and paths" in unknown.json()["detail"]
 
 
 def test_ask_rejects_bad_input_with_clear_messages(client: TestClient, settings: Settings) -> None:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 # before gradio is imported: no usage analytics, no version check against the internet
@@ -35,8 +35,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threatqa.config import Settings
-from threatqa.engine import Engine
-from threatqa.errors import AuditError, ConfigError, QuestionError, ThreatQAError
+from threatqa.engine import MAX_DOCUMENT_FILTER, MAX_K, Engine
+from threatqa.errors import AuditError, ConfigError, QuestionError, QuestionTooLong, ThreatQAError
 from threatqa.ui import BUSY_TEXT, CSS, build_ui, request_user, theme
 from threatqa.verify import answers_from_json, verify_answers
 
@@ -86,8 +86,10 @@ class AskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     question: str = Field(description="The question, in plain words.")
-    k: int | None = Field(None, ge=1, le=100, description="Passages to return (default: the top_k setting).")
-    documents: list[str] | None = Field(None, description="Search only these documents (ids or paths).")
+    k: int | None = Field(None, ge=1, le=MAX_K, description="Passages to return (default: the top_k setting).")
+    documents: list[Annotated[str, Field(max_length=1000)]] | None = Field(
+        None, max_length=MAX_DOCUMENT_FILTER, description="Search only these documents (ids or paths)."
+    )
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -99,7 +101,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine, app.state.gate = engine, gate
     _add_routes(app, settings, engine, gate)
     _add_error_handlers(app)
-    # last added runs first: headers on every response, then CORS (answers preflights), then access
+    # last added runs first: headers on every response, then CORS (answers preflights), then access, then
+    # the request size and the routes Gradio may serve; unexpected errors become a 500 inside all of them
+    app.add_middleware(ContainErrors)
+    app.add_middleware(GradioSurface)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_kb * 1024)
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.allowed_origins(), allow_methods=["GET", "POST"],
@@ -111,13 +117,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     blocks.state_session_capacity = settings.ui_sessions  # per-session UI state is kept for this many sessions
     return gr.mount_gradio_app(
         app, blocks, path="/", root_path=settings.root_path or None, show_error=False, theme=theme(), css=CSS,
-        footer_links=[], ssr_mode=False, enable_monitoring=False, mcp_server=False,
+        footer_links=[], ssr_mode=False, enable_monitoring=False, mcp_server=False, run_history=False,
         # the UI takes no files: uploads are capped to nothing useful, and no path is served
         max_file_size=UPLOAD_LIMIT, allowed_paths=[], blocked_paths=_private_paths(settings),
     )  # fmt: skip
 
 
 UPLOAD_LIMIT = 1024  # bytes
+MAX_VERIFY_CITATIONS = 200  # citations checked in one /api/verify request
 
 
 def _private_paths(settings: Settings) -> list[str]:
@@ -131,14 +138,7 @@ def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) ->
     @app.post("/api/ask")
     def ask(body: AskRequest, request: Request) -> dict[str, Any]:
         """Answer a question: the same object as `threatqa ask --json`."""
-        limit = settings.max_question_chars
-        if len(body.question) > limit:
-            return _error(413, f"the question is {len(body.question)} characters long; the limit is {limit} "
-                               "(THREATQA_MAX_QUESTION_CHARS)")  # fmt: skip
-        unknown = _unknown_documents(engine, body.documents)
-        if unknown:
-            known = ", ".join(sorted(d.path for d in engine.documents()))
-            return _error(422, f"unknown document(s): {', '.join(unknown)}; known: {known}")
+        engine.check_request(body.question, body.k, body.documents)  # before waiting for a slot
         with gate.slot():
             user = request_user(settings, request.headers)
             answer = engine.ask(body.question, body.k, body.documents or None, user=user, channel="api")
@@ -146,9 +146,14 @@ def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) ->
 
     @app.post("/api/verify")
     def verify(body: dict[str, Any] | list[Any] = Body(...)) -> Any:
-        """Check saved citations (an /api/ask answer, or a list of them) against the documents now."""
+        """Check saved citations (an /api/ask answer, or a list of them) against the indexed documents
+        as they are now on disk; at most `MAX_VERIFY_CITATIONS` citations a request."""
         try:
-            findings = verify_answers(answers_from_json(body), settings.docs)
+            answers = answers_from_json(body, MAX_VERIFY_CITATIONS)
+            with gate.slot():
+                findings = verify_answers(answers, settings.docs, engine.documents())
+        except Busy:
+            raise
         except ThreatQAError as exc:
             return _error(422, str(exc))
         return {
@@ -165,18 +170,17 @@ def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) ->
         ]
 
     @app.get("/api/health")
-    def health() -> dict[str, Any]:
-        """Liveness and what runs: mode, counts, index manifest version, model."""
+    def health() -> JSONResponse:
+        """Liveness and what runs: mode, counts, index manifest version, model; 503 with the problem
+        when questions cannot be answered (the audit log cannot take records, the index is damaged)."""
         status = engine.status()
-        return {
-            "status": "ok", "mode": status.mode, "documents": status.documents, "passages": status.passages,
-            "index_version": status.index_version, "model": status.model,
+        problems = [p for p in (engine.audit.check(), engine.index.damage) if p]
+        body = {
+            "status": "failing" if problems else "ok", "problems": problems, "mode": status.mode,
+            "documents": status.documents, "passages": status.passages, "index_version": status.index_version,
+            "model": status.model,
         }  # fmt: skip
-
-
-def _unknown_documents(engine: Engine, wanted: list[str] | None) -> list[str]:
-    known = {name for d in engine.documents() for name in (d.id, d.path)}
-    return [name for name in wanted or [] if name not in known]
+        return JSONResponse(body, status_code=503 if problems else 200)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -188,10 +192,16 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}" for err in exc.errors()
-        )
-        return _error(422, f"invalid request: {problems}")
+            f"{'.'.join(str(p) for p in err['loc'] if p != 'body')[:80] or 'body'}: {err['msg']}" for err in errors[:5]
+        )  # a few problems, never the input echoed back
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        return _error(422, f"invalid request: {problems}{more}")
+
+    @app.exception_handler(QuestionTooLong)
+    async def too_long(request: Request, exc: QuestionTooLong) -> JSONResponse:
+        return _error(413, str(exc))
 
     @app.exception_handler(Busy)
     async def busy(request: Request, exc: Busy) -> JSONResponse:
@@ -210,11 +220,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def failed(request: Request, exc: ThreatQAError) -> JSONResponse:
         log.error("request failed: %s", exc)
         return _error(500, str(exc))
-
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return _error(500, "internal error; the server log has the details")
 
 
 def _check_auth_settings(settings: Settings) -> None:
@@ -317,6 +322,109 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+# What the chat page and gradio_client need from Gradio; every other Gradio route (file fetching by URL,
+# uploads, run history, proxies, streaming, vibe editing, profiling, and whatever a later version adds) is
+# answered 404 here, so the server fetches nothing and keeps no file on anyone's behalf.
+GRADIO_PATHS = frozenset(
+    {"/", "/config", "/theme.css", "/favicon.ico", "/manifest.json", "/gradio_api/info", "/gradio_api/queue/join",
+     "/gradio_api/queue/data", "/gradio_api/cancel", "/gradio_api/reset", "/gradio_api/startup-events"}
+)  # fmt: skip
+GRADIO_PREFIXES = ("/assets/", "/static/", "/gradio_api/heartbeat/", "/gradio_api/call/")
+OWN_PREFIX = "/api/"
+
+
+class GradioSurface:
+    """Only the routes listed above reach Gradio; our own /api routes pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path, root = scope["path"], scope.get("root_path", "")
+            path = path[len(root) :] if root and path.startswith(root) else path
+            allowed = path.startswith(OWN_PREFIX) or path.rstrip("/") in GRADIO_PATHS or path in GRADIO_PATHS
+            if not (allowed or path.startswith(GRADIO_PREFIXES)):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                else:
+                    await _error(404, "not found")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _TooLarge(BaseException):
+    """Raised inside `receive` to stop a handler that is reading a body over the limit (BaseException:
+    no handler on the way may turn it into an ordinary error response)."""
+
+
+class BodyLimit:
+    """413 for a request body over `max_bytes`, decided before anything parses it: by Content-Length
+    when given, else while the body streams in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refuse = _error(
+            413, f"the request body is over the {self.max_bytes // 1024} KB limit (THREATQA_MAX_REQUEST_KB)"
+        )
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await refuse(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if not started:
+                await refuse(scope, receive, send)
+
+
+class ContainErrors:
+    """An unexpected error is logged and answered with a plain 500, and the connection stays open
+    (Starlette's own last-resort handler re-raises, and the server then drops the keep-alive connection)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("unexpected error")
+            if not started:
+                await _error(500, "internal error; the server log has the details")(scope, receive, send)
 
 
 def serve(settings: Settings) -> None:

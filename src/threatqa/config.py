@@ -109,10 +109,17 @@ class Settings(BaseSettings):
     ann_nprobe: int = Field(
         32, description="IVF lists searched per question in an approximate index (more: higher recall, slower).", ge=1
     )
+    max_request_kb: int = Field(
+        1024,
+        description="Largest request body the web server reads, in KB; a larger one is refused (HTTP 413) "
+        "before it is parsed.",
+        ge=16,
+        le=1024 * 1024,
+    )
     max_question_chars: int = Field(
         2000,
-        description="Longest question: the web server refuses longer ones (HTTP 413); the CLI truncates "
-        "them, with a notice.",
+        description="Longest question in characters: longer ones are refused (HTTP 413 from the web server, "
+        "an error from the CLI and the UI).",
         ge=10,
     )
     max_file_mb: float = Field(50.0, description="Files larger than this are skipped with a warning.", gt=0)

@@ -8,6 +8,7 @@ in a reply is the fixed framing made here (numbers, citation lines, `<mark>` hig
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ from threatqa.answer import ABSTAIN_TEXT, Answer, Passage
 from threatqa.chunking import Span, paragraphs, sentences
 from threatqa.config import Settings
 from threatqa.engine import Engine
-from threatqa.errors import ThreatQAError
+from threatqa.errors import AuditError, ThreatQAError
 from threatqa.lexical import word_tokens
 
 if TYPE_CHECKING:
     from threatqa.api import Gate
+
+_log = logging.getLogger("threatqa.ui")
 
 EXAMPLE_QUESTIONS = (
     "How many people are involved in serious organised crime in the UK?",
@@ -32,6 +35,7 @@ EXAMPLE_QUESTIONS = (
 )
 CONTEXT_CHARS = 700  # surrounding text shown on each side of a passage in "view in context"
 BUSY_TEXT = "The server is busy answering other questions; try again in a moment."
+UNRECORDED_TEXT = "The audit log could not be written, so the question was not answered; try again later."
 # every ASCII punctuation character may be backslash-escaped in CommonMark; <, > and & become entities
 _PUNCTUATION = re.compile(r"([!\"#$%'()*+,\-./:;=?@\[\\\]^_`{|}~])")
 _THEME_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
@@ -224,29 +228,29 @@ class _Handlers:
     def __init__(self, engine: Engine, settings: Settings, gate: Gate) -> None:
         self.engine, self.settings, self.gate = engine, settings, gate
 
-    def _answer(self, question: str, k: int | None, documents: list[str] | None, request: gr.Request | None) -> Answer:
-        limit = self.settings.max_question_chars
-        if len(question) > limit:
-            raise gr.Error(f"The question is {len(question)} characters long; the limit is {limit}. Shorten it.")
-        if not question.strip():
-            raise gr.Error("Type a question first.")
+    def _answer(self, question: object, k: object, documents: object, request: gr.Request | None) -> Answer:
+        """The engine's answer; the request is checked by the engine, as for the JSON API."""
         user = request_user(self.settings, request.headers if request else None)
         try:
+            self.engine.check_request(question, k, documents or None)  # before waiting for a slot
             with self.gate.slot():
-                return self.engine.ask(question, k, documents or None, user=user, channel="ui")
+                return self.engine.ask(question, k, documents or None, user=user, channel="ui")  # type: ignore[arg-type]
+        except AuditError as exc:  # its message names the log's file: for the server log, not for users
+            _log.error("audit log write failed: %s", exc)
+            raise gr.Error(UNRECORDED_TEXT) from None
         except ThreatQAError as exc:  # includes Busy; messages are written for users
-            raise gr.Error(str(exc)) from exc
+            raise gr.Error(_sentence(str(exc))) from None
 
     def ask(
         self, question: str, history: list[dict[str, Any]], replies: list[Reply], documents: list[str] | None,
         request: gr.Request,
     ) -> tuple[Any, ...]:  # fmt: skip
         """Append the question and its reply to the chat; offer the reply's passages for "view in context"."""
-        answer = self._answer(question or "", None, documents, request)
+        answer = self._answer(question, None, documents, request)
         reply = {"id": answer.id, "passages": [vars(s) for s in shown_passages(answer)]}
         history = [
             *history[-MAX_HISTORY:],  # the client sends the history: a forged, huge one is cut
-            {"role": "user", "content": escape_markdown(question)},
+            {"role": "user", "content": escape_markdown(str(question))},
             {"role": "assistant", "content": format_answer(answer)},
         ]
         replies = [*replies, reply]
@@ -297,8 +301,15 @@ class _Handlers:
                 bool(event.liked),
                 user=request_user(self.settings, request.headers if request else None),
             )
+        except AuditError as exc:
+            _log.error("audit log write failed: %s", exc)
+            raise gr.Error(UNRECORDED_TEXT) from None
         except ThreatQAError as exc:
-            raise gr.Error(str(exc)) from exc
+            raise gr.Error(_sentence(str(exc))) from None
+
+
+def _sentence(message: str) -> str:
+    return message[:1].upper() + message[1:]
 
 
 def _reply_number(index: int | tuple[int, int] | list[int]) -> int:

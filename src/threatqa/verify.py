@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from threatqa.errors import IngestError, ThreatQAError
-from threatqa.ingest import file_sha256, iter_files, read_document
-from threatqa.store import passage_sha256
+from threatqa.ingest import Document, file_sha256, iter_files, read_document
+from threatqa.store import DocumentInfo, passage_sha256
 
 HOLDS = "holds"
 
@@ -37,62 +39,123 @@ class Finding:
         return self.status == HOLDS
 
 
-def answers_from_json(data: Any) -> list[dict[str, Any]]:
-    """Answers in a saved file: one answer object, a list of them, or audit records holding them."""
+class Citation(BaseModel):
+    """One cited passage as saved from an answer: the fields a check needs, validated."""
+
+    model_config = ConfigDict(extra="ignore")
+    source: str = Field(max_length=1000)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    text: str
+    rank: int = 0
+    document_sha256: str | None = None
+    passage_sha256: str | None = None
+
+
+def answers_from_json(data: Any, max_citations: int | None = None) -> list[dict[str, Any]]:
+    """Answers in a saved file: one answer object, a list of them, or audit records holding them.
+    Each cited passage is validated (a clear error names the first bad one); more than
+    `max_citations` citations in all is refused."""
     items = data if isinstance(data, list) else [data]
-    answers = []
+    answers, count = [], 0
     for item in items:
         if not isinstance(item, dict):
             raise ThreatQAError("expected answer objects (from `threatqa ask --json` or /api/ask)")
         payload = item.get("payload", item)  # an exported audit record carries the answer as payload
-        if "passages" not in payload:
+        if not isinstance(payload, dict) or "passages" not in payload:
             continue  # feedback records, for instance
-        answers.append(payload)
+        passages = payload["passages"]
+        if not isinstance(passages, list):
+            raise ThreatQAError("an answer's passages must be a list of citations")
+        count += len(passages)
+        if max_citations is not None and count > max_citations:
+            raise ThreatQAError(f"more than {max_citations} citations in one request; send them in parts")
+        question = payload.get("question", "")
+        answers.append({"question": question if isinstance(question, str) else "", "passages": passages})
     return answers
 
 
-def verify_answers(answers: Iterable[dict[str, Any]], docs_dir: Path) -> list[Finding]:
-    """One finding per cited passage."""
-    by_hash: dict[str, str] | None = None  # sha256 -> path, computed once if a document is missing
-    findings = []
-    for answer in answers:
-        for passage in answer.get("passages", []):
+def _citation(passage: Any) -> Citation:
+    try:
+        return Citation.model_validate(passage)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"]) or "citation"
+        raise ThreatQAError(f"not a citation ({where}: {problem['msg']})") from None
+
+
+def verify_answers(
+    answers: Iterable[dict[str, Any]], docs_dir: Path, indexed: list[DocumentInfo] | None = None
+) -> list[Finding]:
+    """One finding per cited passage. With `indexed` (the web server), only those documents are read
+    and looked in for a moved one; without it (the CLI, run by an operator) the whole docs folder is.
+    Each document is read once however many citations name it."""
+    files = _Files(docs_dir, indexed)
+    return [
+        _verify_passage(answer.get("question", ""), _citation(passage), files)
+        for answer in answers
+        for passage in answer.get("passages", [])
+    ]
+
+
+class _Files:
+    """The documents a check may read, each read at most once."""
+
+    def __init__(self, docs_dir: Path, indexed: list[DocumentInfo] | None) -> None:
+        self.docs_dir, self.indexed = docs_dir, indexed
+        self._read: dict[str, Document | IngestError] = {}
+        self._by_hash: dict[str, str] | None = None
+
+    def exists(self, source: str) -> bool:
+        if self.indexed is not None and source not in {d.path for d in self.indexed}:
+            return False
+        path = self.docs_dir / source
+        return path.is_file() and self.docs_dir.resolve() in path.resolve().parents
+
+    def read(self, source: str) -> Document:
+        if source not in self._read:
             try:
-                finding, by_hash = _verify_passage(answer.get("question", ""), passage, docs_dir, by_hash)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ThreatQAError(f"not a citation (missing or bad field {exc}): {str(passage)[:80]}") from None
-            findings.append(finding)
-    return findings
+                self._read[source] = read_document(self.docs_dir / source, source)
+            except IngestError as exc:
+                self._read[source] = exc
+        found = self._read[source]
+        if isinstance(found, IngestError):
+            raise found
+        return found
+
+    def moved(self, sha256: str | None) -> str | None:
+        if self._by_hash is None:
+            if self.indexed is not None:
+                self._by_hash = {d.sha256: d.path for d in self.indexed if self.exists(d.path)}
+            else:
+                self._by_hash = {
+                    file_sha256(p): p.relative_to(self.docs_dir).as_posix() for p in iter_files(self.docs_dir)
+                }
+        return self._by_hash.get(sha256 or "")
 
 
-def _verify_passage(
-    question: str, passage: dict[str, Any], docs_dir: Path, by_hash: dict[str, str] | None
-) -> tuple[Finding, dict[str, str] | None]:
-    source, start, end, quote = passage["source"], int(passage["start"]), int(passage["end"]), passage["text"]
-    cited_hash = passage.get("document_sha256")
+def _verify_passage(question: str, cite: Citation, files: _Files) -> Finding:
+    source, start, end, quote, cited_hash = cite.source, cite.start, cite.end, cite.text, cite.document_sha256
 
     def found(status: str, detail: str) -> Finding:
-        return Finding(question, int(passage.get("rank", 0)), source, start, end, status, detail)
+        return Finding(question, cite.rank, source, start, end, status, detail)
 
-    if passage_sha256(quote) != passage.get("passage_sha256", passage_sha256(quote)):
-        return found("passage_differs", "the saved quote does not match its own passage_sha256"), by_hash
-    path = docs_dir / source
-    if not path.is_file() or docs_dir.resolve() not in path.resolve().parents:
-        if by_hash is None:
-            by_hash = {file_sha256(p): p.relative_to(docs_dir).as_posix() for p in iter_files(docs_dir)}
-        if cited_hash in by_hash:
-            moved = by_hash[cited_hash]
-            return found("document_moved", f"the document (same sha256) is now at {moved}"), by_hash
-        return found("document_removed", f"{source} is no longer in {docs_dir}"), by_hash
+    if passage_sha256(quote) != (cite.passage_sha256 or passage_sha256(quote)):
+        return found("passage_differs", "the saved quote does not match its own passage_sha256")
+    if not files.exists(source):
+        moved = files.moved(cited_hash)
+        if moved is not None:
+            return found("document_moved", f"the document (same sha256) is now at {moved}")
+        return found("document_removed", f"{source} is no longer among the indexed documents")
     try:
-        document = read_document(path, source)
+        document = files.read(source)
     except IngestError as exc:
-        return found("unreadable", f"{source} cannot be read now: {exc}"), by_hash
+        return found("unreadable", f"{source} cannot be read now: {exc}")
     at_offsets = document.text[start:end] == quote
     if document.sha256 == cited_hash and at_offsets:
-        return found(HOLDS, "same document (sha256), same text at the same offsets"), by_hash
+        return found(HOLDS, "same document (sha256), same text at the same offsets")
     if document.sha256 == cited_hash:
-        return found("passage_differs", "the document is unchanged but the quote is not at those offsets"), by_hash
+        return found("passage_differs", "the document is unchanged but the quote is not at those offsets")
     if at_offsets:
         detail = "the document was edited (sha256 differs); the quote is still at the same offsets"
     elif (moved_to := document.text.find(quote)) >= 0:
@@ -100,7 +163,7 @@ def _verify_passage(
     else:
         now = document.text[start:end]
         detail = f"the document was edited; the quote is gone (those offsets now read {now[:60]!r})"
-    return found("document_edited", detail), by_hash
+    return found("document_edited", detail)
 
 
 @dataclass(frozen=True)
