@@ -429,8 +429,12 @@ class ContainErrors:
 
 def serve(settings: Settings) -> None:
     """Start the engine (building the index if needed), say what runs, and serve until interrupted."""
+    import faulthandler
+
     import uvicorn
 
+    # a memory-mapped index file truncated under a running server ends it with SIGBUS: say so, with the stack
+    faulthandler.enable()
     engine = Engine.start(settings, build="stale")
     app = create_app(settings, engine)
     status = engine.status()
