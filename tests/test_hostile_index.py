@@ -200,3 +200,17 @@ def test_index_close_releases_the_store(settings: Settings) -> None:
     index.close()
     assert _open_files()[0] == before - 1
     assert index.chunks([0])  # a question still holding it reopens the file
+
+
+def test_index_files_truncated_under_a_running_engine_do_no_harm(settings: Settings, tiny_model: Path) -> None:
+    """Index files of a normal size are read into memory, not mapped: a file truncated (or rewritten)
+    under a running server cannot end it with SIGBUS; the server keeps answering from what it read."""
+    hybrid = settings.model_copy(update={"model": str(tiny_model)})
+    engine = Engine.start(hybrid, build="stale", log=_quiet)
+    before = engine.ask(QUESTION)
+    for path in [*engine.index.folder.rglob("*.npy"), *engine.index.folder.rglob("*.faiss")]:
+        path.chmod(0o644)
+        with open(path, "r+b") as handle:
+            handle.truncate(0)
+    after = engine.ask(QUESTION)
+    assert [p.text for p in after.passages] == [p.text for p in before.passages]

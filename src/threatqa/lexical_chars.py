@@ -35,6 +35,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.utils import murmurhash3_32
 
+from threatqa.dense import load_array
 from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _sum_by_passage
 
 CHAR_NGRAMS = (3, 5)  # n-gram sizes, inclusive
@@ -284,8 +285,8 @@ class CharView:
 
 
 def _open(path: Path) -> np.ndarray:
-    """A saved array, memory-mapped (as a plain ndarray: no per-access overhead of np.memmap)."""
-    return np.asarray(np.load(path, mmap_mode="r"))
+    """A saved array, read in or, when large, memory-mapped (dense.load_array)."""
+    return load_array(path)
 
 
 class CharWriter:
