@@ -232,3 +232,11 @@ def test_unavailable_reranker_is_skipped_with_a_notice(settings: Settings, tmp_p
     )
     assert engine.ask(GOLD[0]["q"]).mode == "lexical"
     assert any("re-ranking skipped" in n for n in notices)
+
+
+def test_citations_say_where_the_date_came_from(engine: Engine) -> None:
+    answer = engine.ask(GOLD[0]["q"])
+    cite = answer.passages[0].citation
+    assert (cite.date, cite.date_source) == ("2023-07-17", "dateline")  # stored with the document, not re-read
+    assert answer.to_json()["passages"][0]["date_source"] == "dateline"
+    assert engine.documents()[0].title_source

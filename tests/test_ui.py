@@ -58,7 +58,7 @@ def test_marked_wraps_each_paragraph_of_the_span() -> None:
 def test_format_answer_quotes_cites_and_highlights(engine: Engine) -> None:
     answer = engine.ask("How many people are involved in serious organised crime in the UK?", 2)
     reply = format_answer(answer)
-    assert reply.startswith("**[1]** NCA annual assessment speech 2023\\-07\\-17 · 2023\\-07\\-17 · para")
+    assert reply.startswith("**[1]** NCA annual assessment speech 2023\\-07\\-17 · 2023\\-07\\-17 \\(dateline\\) · para")
     assert "relevance " in reply
     assert "> <mark>There are around 59\\,000 people involved in serious organized crime in the UK" in reply
     assert ABSTAIN_TEXT not in reply

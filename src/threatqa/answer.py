@@ -36,6 +36,7 @@ class Citation:
     passage_sha256: str
     index_version: str
     model: str | None
+    date_source: str | None = None  # where the date was found: front matter, dateline, file metadata...
 
     def location(self) -> str:
         """'p. 3', 'pp. 3-4', 'para 2' or 'paras 2-4'."""
@@ -115,7 +116,7 @@ def build_answer(
             end=chunk.end, page=chunk.page, page_end=chunk.page_end, paragraph=chunk.paragraph,
             paragraph_end=chunk.paragraph_end, line_start=chunk.line_start, line_end=chunk.line_end,
             document_sha256=info.sha256, passage_sha256=passage_sha256(chunk.text),
-            index_version=index_version, model=model,
+            index_version=index_version, model=model, date_source=info.date_source,
         )  # fmt: skip
         passages.append(
             Passage(

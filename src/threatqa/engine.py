@@ -23,6 +23,7 @@ from threatqa.embeddings import (
 )
 from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable, QuestionError, QuestionTooLong, ThreatQAError
 from threatqa.index import BuildReport, DocumentInfo, Index, build_index, current_version, is_stale, open_index
+from threatqa.ingest import IngestLimits
 from threatqa.manifest import check_model
 from threatqa.retrieval import Retriever
 
@@ -82,7 +83,8 @@ class Engine:
         missing = current_version(settings.index) is None
         if build == "stale" or (build == "missing" and missing):
             embedder, tried = try_embedder(settings, note), True
-            if missing or is_stale(settings.docs, settings.index, embedder, chunk_config(settings)):
+            limits = IngestLimits.from_settings(settings)
+            if missing or is_stale(settings.docs, settings.index, embedder, chunk_config(settings), limits):
                 try:
                     report = index_folder(settings, embedder, lambda message: log(f"threatqa: {message}"))
                     log(f"threatqa: {describe_build(report)}")
@@ -332,6 +334,7 @@ def index_folder(
     return build_index(
         settings.docs, settings.index, embedder, chunk_config(settings), settings.max_file_mb, warn=log,
         dense=DenseConfig(settings.ann_threshold, settings.ann_nprobe), allow_lexical=lexical or not settings.model,
+        limits=IngestLimits.from_settings(settings),
     )  # fmt: skip
 
 

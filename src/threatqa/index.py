@@ -34,7 +34,7 @@ from threatqa.chunking import Chunk, ChunkConfig, Span, chunk_documents, windows
 from threatqa.dense import DenseConfig, TermVectors, compute_threads, write_dense
 from threatqa.embeddings import Embedder
 from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable
-from threatqa.ingest import Document, file_sha256, load_documents
+from threatqa.ingest import Document, IngestLimits, file_sha256, load_documents
 from threatqa.lexical import LexicalIndex, content_words
 from threatqa.manifest import MANIFEST, SCHEMA_VERSION, Manifest, input_fingerprint, read_manifest
 from threatqa.store import CHUNKS, DIGESTS, DocumentInfo, passage_digests, passage_sha256, write_store
@@ -79,6 +79,7 @@ def build_index(
     warn: Callable[[str], None] = print,
     dense: DenseConfig = DenseConfig(),
     allow_lexical: bool = False,
+    limits: IngestLimits | None = None,
 ) -> BuildReport:
     """Index docs_dir into index_dir, re-embedding only added or changed documents.
 
@@ -91,11 +92,12 @@ def build_index(
         warnings.append(message)
         warn(message)
 
-    documents = load_documents(docs_dir, max_file_mb, warn=note)
+    limits = limits or IngestLimits.from_environment(max_file_mb)
+    documents = load_documents(docs_dir, max_file_mb, warn=note, limits=limits)
     # the fingerprint of the bytes actually read: a file saved or removed during the build then
     # differs from it, and the next run rebuilds
     read = {d.path: d.sha256 for d in documents}
-    fingerprint = input_fingerprint(docs_dir, chunking, read)
+    fingerprint = input_fingerprint(docs_dir, chunking, read, limits)
     index_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(index_dir), compute_threads(os.cpu_count() or 1):
         _prune(index_dir, keep=set(), staging_only=True)  # what killed builds left behind
@@ -118,7 +120,7 @@ def build_index(
         )
         _switch(index_dir, version)
         _prune(index_dir, keep={version, previous.folder.name if previous else ""})
-    if input_fingerprint(docs_dir, chunking) != fingerprint:
+    if input_fingerprint(docs_dir, chunking, limits=limits) != fingerprint:
         note(
             "warning: documents changed while they were being indexed; this version has them as they were "
             "read, and the next `threatqa index` (or server start) picks up the changes"
@@ -141,7 +143,13 @@ def build_index(
     )
 
 
-def is_stale(docs_dir: Path, index_dir: Path, model: Embedder | None, chunking: ChunkConfig = ChunkConfig()) -> bool:
+def is_stale(
+    docs_dir: Path,
+    index_dir: Path,
+    model: Embedder | None,
+    chunking: ChunkConfig = ChunkConfig(),
+    limits: IngestLimits | None = None,
+) -> bool:
     """True when the docs folder or the chunk settings no longer match the live index, or a model
     is available that the index was not built with. `model=None` (no model available) never asks
     for a rebuild by itself: a dense index is then queried lexically rather than thrown away."""
@@ -154,7 +162,7 @@ def is_stale(docs_dir: Path, index_dir: Path, model: Embedder | None, chunking: 
         return True
     if model is not None and not manifest.built_with(model):
         return True
-    return manifest.inputs != input_fingerprint(docs_dir, chunking)
+    return manifest.inputs != input_fingerprint(docs_dir, chunking, limits=limits)
 
 
 def _previous(index_dir: Path, warn: Callable[[str], None]) -> Index | None:

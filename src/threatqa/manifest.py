@@ -15,7 +15,7 @@ from typing import Protocol
 
 from threatqa.chunking import ChunkConfig
 from threatqa.errors import IndexMismatch
-from threatqa.ingest import file_sha256, iter_files
+from threatqa.ingest import EXTRACTION_VERSION, IngestLimits, file_sha256, iter_files
 
 # 2: passages keep their own text; 3: lexical views as BM25 matrices by stem / by passage;
 # 4: one character view, stored by sentence; 5: passages do not overlap, dense vectors are of
@@ -113,16 +113,21 @@ def check_model(manifest: Manifest, model: ModelIdentity) -> list[str]:
     return []
 
 
-def input_fingerprint(docs_dir: Path, chunking: ChunkConfig, read: dict[str, str] | None = None) -> str:
+def input_fingerprint(
+    docs_dir: Path, chunking: ChunkConfig, read: dict[str, str] | None = None, limits: IngestLimits | None = None
+) -> str:
     """Hash of every candidate file (path and bytes, skipped ones included) and the chunk settings.
 
     `read` gives the sha256 of files as a build read them (relative path -> sha256): those count as
     read, whatever the file holds now, and files read but gone since count too, so a file saved or
-    removed during a build makes the folder's fingerprint differ from the build's."""
-    digest = hashlib.sha256(json.dumps([SCHEMA_VERSION, asdict(chunking)], sort_keys=True).encode())
+    removed during a build makes the folder's fingerprint differ from the build's. The extraction
+    code's version and the ingest limits count too: a new extractor or policy re-reads the documents."""
+    limits = limits or IngestLimits.from_environment()
+    settings = [SCHEMA_VERSION, EXTRACTION_VERSION, asdict(chunking), asdict(limits)]
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     entries = dict(read or {})
     if docs_dir.is_dir():
-        for path in iter_files(docs_dir):
+        for path in iter_files(docs_dir, follow_outside_links=limits.follow_outside_links):
             rel = path.relative_to(docs_dir).as_posix()
             if rel not in entries:
                 try:

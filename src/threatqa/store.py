@@ -39,6 +39,8 @@ class DocumentInfo:
     sha256: str
     date: str | None
     passages: int
+    date_source: str | None = None  # where the date was found (ingest_meta's order of evidence)
+    title_source: str | None = None
 
 
 def passage_sha256(text: str) -> str:
@@ -95,7 +97,7 @@ class ChunkStore:
 
     def documents(self) -> list[DocumentInfo]:
         query = (
-            "SELECT d.id, d.path, d.title, d.sha256, d.date, COUNT(c.row) AS passages "
+            "SELECT d.id, d.path, d.title, d.sha256, d.date, COUNT(c.row) AS passages, d.date_source, d.title_source "
             "FROM documents d LEFT JOIN chunks c ON c.doc_id = d.id GROUP BY d.id ORDER BY d.path"
         )
         return [DocumentInfo(**dict(row)) for row in self._query(query)]
@@ -111,7 +113,8 @@ class ChunkStore:
         pages = tuple(PageSpan(*p) for p in json.loads(row["pages"]))
         return Document(
             id=row["id"], path=row["path"], title=row["title"], sha256=row["sha256"], date=row["date"],
-            text=row["text"], body_start=row["body_start"], pages=pages,
+            text=row["text"], body_start=row["body_start"], pages=pages, date_source=row["date_source"],
+            title_source=row["title_source"],
         )  # fmt: skip
 
     def chunks(self, rows: list[int]) -> list[Chunk]:
@@ -145,7 +148,8 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
         conn.executescript(
             """
             CREATE TABLE documents (id TEXT PRIMARY KEY, path TEXT UNIQUE NOT NULL, title TEXT NOT NULL,
-                sha256 TEXT NOT NULL, date TEXT, body_start INTEGER NOT NULL, pages TEXT NOT NULL, text TEXT NOT NULL);
+                sha256 TEXT NOT NULL, date TEXT, body_start INTEGER NOT NULL, pages TEXT NOT NULL, text TEXT NOT NULL,
+                date_source TEXT, title_source TEXT);
             CREATE TABLE chunks (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,
                 doc_id TEXT NOT NULL REFERENCES documents(id), ordinal INTEGER NOT NULL, start INTEGER NOT NULL,
                 "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL, paragraph_end INTEGER NOT NULL,
@@ -155,10 +159,10 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
             """
         )
         conn.executemany(
-            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (d.id, d.path, d.title, d.sha256, d.date, d.body_start,
-                 json.dumps([list(p.__dict__.values()) for p in d.pages]), d.text)
+                 json.dumps([list(p.__dict__.values()) for p in d.pages]), d.text, d.date_source, d.title_source)
                 for d in documents
             ],
         )  # fmt: skip

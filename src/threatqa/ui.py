@@ -85,9 +85,16 @@ def quote_block(markdown: str) -> str:
 def citation_line(passage: Passage) -> str:
     cite = passage.citation
     return (
-        f"**[{passage.rank}]** {escape_markdown(cite.title)} · {escape_markdown(cite.date or 'undated')} · "
+        f"**[{passage.rank}]** {escape_markdown(cite.title)} · {escape_markdown(dated(cite.date, cite.date_source))} · "
         f"{escape_markdown(cite.location())} · relevance {passage.relevance:.2f}"
     )
+
+
+def dated(date: str | None, source: str | None) -> str:
+    """'2023-07-17 (dateline)': the date and where it was found, or 'undated'."""
+    if not date:
+        return "undated"
+    return f"{date} ({source})" if source else date
 
 
 def format_passage(passage: Passage, question: str) -> str:
