@@ -272,6 +272,7 @@ def test_check_reports_problems_without_paths(log: AuditLog, tmp_path: Path) -> 
     blocked = tmp_path / "blocker"
     blocked.write_text("a file where a folder should be")
     bad = AuditLog(blocked / "audit.sqlite3")
+    assert "cannot be created" in (bad.check() or ""), "said before any question fails"
     with pytest.raises(AuditError, match="cannot be opened"):
         bad.append("answer", "q", {})
     assert "could not be written" in (bad.check() or "") and str(blocked) not in (bad.check() or "")

@@ -244,8 +244,10 @@ class AuditLog:
         if self._failure is not None:
             return f"the last audit record could not be written: the audit log {self._failure}"
         folder = next((p for p in (self.path.parent, *self.path.parent.parents) if p.exists()), Path("/"))
-        if not os.access(self.path if self.path.exists() else folder, os.W_OK):
-            return "the audit log is not writable (read-only file or folder)"
+        if self.path.exists() and not (self.path.is_file() and os.access(self.path, os.W_OK)):
+            return "the audit log is not writable (read-only, or not a file)"
+        if not self.path.exists() and not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            return "the audit log cannot be created (a file stands where its folder should be, or it is read-only)"
         with contextlib.suppress(OSError):
             if shutil.disk_usage(folder).free < MIN_FREE_BYTES:
                 return "the disk that holds the audit log is full"
