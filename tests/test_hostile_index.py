@@ -36,12 +36,16 @@ def _two_versions(settings: Settings) -> tuple[Path, Path]:
 
 
 def _tamper_passage(folder: Path, row: int = 0) -> None:
-    """Flip one word of a stored passage, as a bit rot or an editor would (not through threatqa)."""
+    """Change one letter of a stored passage's text, as bit rot or an editor would (not through threatqa)."""
     path = folder / "chunks.sqlite"
     path.chmod(0o644)
     conn = sqlite3.connect(path)
-    text = conn.execute("SELECT text FROM chunks WHERE row = ?", (row,)).fetchone()[0]
-    conn.execute("UPDATE chunks SET text = ? WHERE row = ?", (text.replace("the", "THE", 1), row))
+    doc, start = conn.execute("SELECT doc, start FROM chunks WHERE row = ?", (row,)).fetchone()
+    key = (doc << 32) + start // 4096
+    text = conn.execute("SELECT text FROM texts WHERE key = ?", (key,)).fetchone()[0]
+    at = start % 4096 + 3
+    swapped = "X" if text[at] != "X" else "Y"
+    conn.execute("UPDATE texts SET text = ? WHERE key = ?", (text[:at] + swapped + text[at + 1 :], key))
     conn.commit()
     conn.close()
 

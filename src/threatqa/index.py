@@ -114,7 +114,8 @@ def build_index(
         reusable = previous if previous and previous.manifest.chunking == asdict(chunking) else None
         vectors, spans, embedded, reused = _vectors(chunks, documents, reusable, embedder, chunking.window, warn)
         terms = _terms(chunks, previous, embedder, warn)
-        version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{fingerprint[:8]}"
+        now = time.time()
+        version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}{int(now % 1 * 1e6):06d}-{fingerprint[:8]}"
         manifest = _write_version(
             index_dir, version, documents, chunks, vectors, spans, embedder, chunking, fingerprint, dense, terms
         )

@@ -20,8 +20,9 @@ from threatqa.ingest import EXTRACTION_VERSION, IngestLimits, file_sha256, iter_
 # 2: passages keep their own text; 3: lexical views as BM25 matrices by stem / by passage;
 # 4: one character view, stored by sentence; 5: passages do not overlap, dense vectors are of
 # passage windows, the model is identified by content; 6: digests of passages and document texts,
-# checked as they are read
-SCHEMA_VERSION = 6
+# checked as they are read; 7: each text stored once (passages as offsets into their document's
+# text), the lexical views' compact formats
+SCHEMA_VERSION = 7
 MANIFEST = "manifest.json"
 
 

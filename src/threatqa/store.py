@@ -26,7 +26,9 @@ from threatqa.ingest import Document, PageSpan
 CHUNKS = "chunks.sqlite"
 DIGESTS = "digests.npy"
 DIGEST_BYTES = 16  # of each passage's sha256: collisions by accident are out of reach at any corpus size
-_CHUNK_COLUMNS = ", ".join(f'"{f.name}"' for f in fields(Chunk))  # the chunks table has each, by name
+# the chunks table's columns: the document by number, then Chunk's fields after its text, in order
+_CHUNK_COLUMNS = ", ".join(["doc", *(f'"{f.name}"' for f in fields(Chunk) if f.name not in ("id", "doc_id", "text"))])
+TEXT_BLOCK = 4096  # characters of document text a row; a passage is cut from the one or two blocks it spans
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class ChunkStore:
         self.text_sha256 = text_sha256 or {}
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._ids: dict[int, str] | None = None
 
     def _query(self, sql: str, params: list[object] | tuple[object, ...] = (), rows: bool = True) -> list[Any]:
         with self._lock:
@@ -95,11 +98,14 @@ class ChunkStore:
     def _damaged(self, what: str) -> IndexMismatch:
         return IndexMismatch(f"{what} in {self.path.parent.name} does not match its checksum: the index is damaged")
 
+    def _numbers(self) -> dict[int, str]:
+        """Document number -> id (the chunks table names documents by number)."""
+        if self._ids is None:
+            self._ids = {row[0]: row[1] for row in self._query("SELECT number, id FROM documents", rows=False)}
+        return self._ids
+
     def documents(self) -> list[DocumentInfo]:
-        query = (
-            "SELECT d.id, d.path, d.title, d.sha256, d.date, COUNT(c.row) AS passages, d.date_source, d.title_source "
-            "FROM documents d LEFT JOIN chunks c ON c.doc_id = d.id GROUP BY d.id ORDER BY d.path"
-        )
+        query = "SELECT id, path, title, sha256, date, passages, date_source, title_source FROM documents ORDER BY path"
         return [DocumentInfo(**dict(row)) for row in self._query(query)]
 
     def document(self, doc_id: str) -> Document:
@@ -107,70 +113,109 @@ class ChunkStore:
         if not found:
             raise KeyError(doc_id)
         row = found[0]
+        first = row["number"] << 32
+        blocks = self._query(
+            "SELECT text FROM texts WHERE key BETWEEN ? AND ? ORDER BY key", (first, first | 0xFFFFFFFF), rows=False
+        )
+        text = "".join(block[0] for block in blocks)
         expected = self.text_sha256.get(doc_id)
-        if expected is not None and passage_sha256(row["text"]) != expected:
+        if expected is not None and passage_sha256(text) != expected:
             raise self._damaged(f"the text of document {row['path']}")
         pages = tuple(PageSpan(*p) for p in json.loads(row["pages"]))
         return Document(
             id=row["id"], path=row["path"], title=row["title"], sha256=row["sha256"], date=row["date"],
-            text=row["text"], body_start=row["body_start"], pages=pages, date_source=row["date_source"],
+            text=text, body_start=row["body_start"], pages=pages, date_source=row["date_source"],
             title_source=row["title_source"],
         )  # fmt: skip
 
     def chunks(self, rows: list[int]) -> list[Chunk]:
-        """Passages by row number, in the order asked."""
+        """Passages by row number, in the order asked; each text is cut from its document's blocks."""
         if not rows:
             return []
         query = f"SELECT row, {_CHUNK_COLUMNS} FROM chunks WHERE row IN ({','.join('?' * len(rows))})"
         found = {row[0]: row[1:] for row in self._query(query, [int(r) for r in rows], rows=False)}
-        chunks = [Chunk(*found[r]) for r in rows]  # plain tuples, in Chunk's field order
-        if self.digests is not None:
-            for r, chunk in zip(rows, chunks):
-                if bytes(self.digests[r]) != hashlib.sha256(chunk.text.encode("utf-8")).digest()[:DIGEST_BYTES]:
-                    raise self._damaged(f"passage {r}")
+        keys = sorted({key for r in rows for key in _block_keys(*found[r][:4])})
+        blocks = dict(
+            self._query(f"SELECT key, text FROM texts WHERE key IN ({','.join('?' * len(keys))})", keys, rows=False)
+        )
+        ids, chunks = self._numbers(), []
+        for r in rows:
+            number, ordinal, start, end, *rest = found[r]
+            first = start // TEXT_BLOCK
+            text = "".join(blocks[key] for key in _block_keys(number, ordinal, start, end))
+            text = text[start - first * TEXT_BLOCK : end - first * TEXT_BLOCK]
+            doc_id = ids[number]
+            chunk = Chunk(f"{doc_id}:{ordinal}", doc_id, ordinal, text, start, end, *rest)
+            digest = hashlib.sha256(text.encode("utf-8")).digest()[:DIGEST_BYTES]
+            if self.digests is not None and bytes(self.digests[r]) != digest:
+                raise self._damaged(f"passage {r}")
+            chunks.append(chunk)
         return chunks
 
     def rows_for_documents(self, doc_ids_or_paths: list[str]) -> np.ndarray:
-        """Row numbers of every passage of the given documents (ids or paths)."""
+        """Row numbers of every passage of the given documents (ids or paths): each document's
+        passages are consecutive rows."""
         marks = ",".join("?" * len(doc_ids_or_paths))
-        query = (
-            "SELECT c.row FROM chunks c JOIN documents d ON d.id = c.doc_id "
-            f"WHERE d.id IN ({marks}) OR d.path IN ({marks})"
-        )
-        params = list(doc_ids_or_paths) * 2
-        return np.array([r[0] for r in self._query(query, params, rows=False)], dtype=np.int64)
+        query = f"SELECT first_row, passages FROM documents WHERE id IN ({marks}) OR path IN ({marks})"
+        spans = self._query(query, list(doc_ids_or_paths) * 2, rows=False)
+        parts = [np.arange(first, first + count, dtype=np.int64) for first, count in spans]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _block_keys(number: int, ordinal: int, start: int, end: int) -> range:
+    """Keys of the text blocks that hold characters start..end of document `number`."""
+    base = number << 32
+    return range(base + start // TEXT_BLOCK, base + max(start, end - 1) // TEXT_BLOCK + 1)
 
 
 def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> None:
-    """Write documents and passages (rows in `chunks` order) to a new chunks.sqlite."""
+    """Write documents and passages (rows in `chunks` order, a document's passages together) to a new
+    chunks.sqlite. Each text is stored once: documents' texts in blocks of TEXT_BLOCK characters, and
+    passages as offsets into them."""
     conn = sqlite3.connect(path)
     try:
         conn.executescript(
             """
-            CREATE TABLE documents (id TEXT PRIMARY KEY, path TEXT UNIQUE NOT NULL, title TEXT NOT NULL,
-                sha256 TEXT NOT NULL, date TEXT, body_start INTEGER NOT NULL, pages TEXT NOT NULL, text TEXT NOT NULL,
-                date_source TEXT, title_source TEXT);
-            CREATE TABLE chunks (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,
-                doc_id TEXT NOT NULL REFERENCES documents(id), ordinal INTEGER NOT NULL, start INTEGER NOT NULL,
-                "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL, paragraph_end INTEGER NOT NULL,
-                line_start INTEGER NOT NULL, line_end INTEGER NOT NULL,
-                page INTEGER, page_end INTEGER, sha256 TEXT NOT NULL, text TEXT NOT NULL);
-            CREATE INDEX chunks_doc ON chunks(doc_id);
+            CREATE TABLE documents (number INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, path TEXT UNIQUE NOT NULL,
+                title TEXT NOT NULL, sha256 TEXT NOT NULL, date TEXT, body_start INTEGER NOT NULL, pages TEXT NOT NULL,
+                date_source TEXT, title_source TEXT, first_row INTEGER NOT NULL, passages INTEGER NOT NULL);
+            CREATE TABLE texts (key INTEGER PRIMARY KEY, text TEXT NOT NULL);
+            CREATE TABLE chunks (row INTEGER PRIMARY KEY, doc INTEGER NOT NULL, ordinal INTEGER NOT NULL,
+                start INTEGER NOT NULL, "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL,
+                paragraph_end INTEGER NOT NULL, line_start INTEGER NOT NULL, line_end INTEGER NOT NULL,
+                page INTEGER, page_end INTEGER);
             """
         )
+        number = {d.id: n for n, d in enumerate(documents)}
+        first_row: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        for row, chunk in enumerate(chunks):
+            first_row.setdefault(chunk.doc_id, row)
+            counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+            if row != first_row[chunk.doc_id] + counts[chunk.doc_id] - 1:
+                raise ValueError(f"passages of document {chunk.doc_id} are not consecutive rows")
         conn.executemany(
-            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (d.id, d.path, d.title, d.sha256, d.date, d.body_start,
-                 json.dumps([list(p.__dict__.values()) for p in d.pages]), d.text, d.date_source, d.title_source)
-                for d in documents
+                (n, d.id, d.path, d.title, d.sha256, d.date, d.body_start,
+                 json.dumps([list(p.__dict__.values()) for p in d.pages]), d.date_source, d.title_source,
+                 first_row.get(d.id, 0), counts.get(d.id, 0))
+                for n, d in enumerate(documents)
             ],
         )  # fmt: skip
         conn.executemany(
-            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO texts VALUES (?, ?)",
+            (
+                ((number[d.id] << 32) + i // TEXT_BLOCK, d.text[i : i + TEXT_BLOCK])
+                for d in documents
+                for i in range(0, len(d.text), TEXT_BLOCK)
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (row, c.id, c.doc_id, c.ordinal, c.start, c.end, c.paragraph, c.paragraph_end, c.line_start,
-                 c.line_end, c.page, c.page_end, passage_sha256(c.text), c.text)
+                (row, number[c.doc_id], c.ordinal, c.start, c.end, c.paragraph, c.paragraph_end, c.line_start,
+                 c.line_end, c.page, c.page_end)
                 for row, c in enumerate(chunks)
             ],
         )  # fmt: skip

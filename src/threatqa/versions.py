@@ -100,7 +100,8 @@ def current_version(index_dir: Path) -> Path | None:
 
 
 def versions(index_dir: Path) -> list[Path]:
-    """Every complete version folder (its manifest is written last), newest first."""
+    """Every complete version folder (its manifest is written last), newest first (names start with the
+    build's time, to the microsecond)."""
     if not index_dir.is_dir():
         return []
     found = [p for p in index_dir.iterdir() if p.name.startswith("v-") and (p / MANIFEST).is_file()]
@@ -132,7 +133,7 @@ def open_index(
             raise
         problem = exc
     for folder in versions(index_dir):
-        if folder.name >= live.name or folder.name in damaged:
+        if folder == live or folder.name in damaged:
             continue
         try:
             index = open_version(folder, verify)
