@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,6 @@ from threatqa.api import create_app
 from threatqa.audit import AuditLog
 from threatqa.config import Settings
 from threatqa.engine import Engine
-from threatqa.errors import AuditError
 from threatqa.index import build_index, open_index
 
 QUESTIONS = [
@@ -215,24 +213,8 @@ def test_rebuilds_while_answering_fail_no_request(settings: Settings, engine: En
     assert len({version for _, version, _ in results}) > 1, "answers moved to the new versions"
 
 
-def test_full_audit_disk_fails_the_request_and_loses_no_record(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine.ask(QUESTIONS[0])
-    connect = sqlite3.connect
-
-    def full_disk(*args: object, **kwargs: object) -> sqlite3.Connection:
-        conn = connect(*args, **kwargs)
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages}")  # the next page cannot be allocated: SQLITE_FULL
-        return conn
-
-    monkeypatch.setattr("threatqa.audit.sqlite3.connect", full_disk)
-    with pytest.raises(AuditError, match="full"):
-        engine.ask(QUESTIONS[1] + " " + "padding " * 230)  # a record of several pages
-    monkeypatch.setattr("threatqa.audit.sqlite3.connect", connect)
-    log = AuditLog(engine.settings.audit)
-    assert [r.question for r in log.records()] == [QUESTIONS[0]] and log.verify_chain().ok
-    engine.ask(QUESTIONS[1])
-    assert log.verify_chain().checked == 2
+# A full audit disk fails the question and loses no record: tests/test_audit_chain.py
+# (test_a_full_disk_fails_the_question_and_loses_no_record, on the kept connection, and on a real tmpfs).
 
 
 # 8. offline and egress --------------------------------------------------------------------------
