@@ -58,8 +58,12 @@ def test_marked_wraps_each_paragraph_of_the_span() -> None:
 def test_format_answer_quotes_cites_and_highlights(engine: Engine) -> None:
     answer = engine.ask("How many people are involved in serious organised crime in the UK?", 2)
     reply = format_answer(answer)
-    assert reply.startswith("**[1]** NCA annual assessment speech 2023\\-07\\-17 · 2023\\-07\\-17 \\(dateline\\) · para")
-    assert "relevance " in reply
+    assert reply.startswith("**In the documents' words:**\n\n> “There are around 59\\,000 people involved")
+    assert f"[\\[1\\]](answers/{answer.id}/passages/1#passage)" in reply  # the lead quote links to its passage
+    assert "**[1]** NCA annual assessment speech 2023\\-07\\-17 · 2023\\-07\\-17 \\(dateline\\) · para" in reply
+    assert "*best match*" in reply and "relevance" not in reply
+    assert reply.endswith(f"[Permalink](answers/{answer.id}) · [Markdown](answers/{answer.id}.md) · "
+                          f"[JSON](answers/{answer.id}.json)")  # fmt: skip
     assert "> <mark>There are around 59\\,000 people involved in serious organized crime in the UK" in reply
     assert ABSTAIN_TEXT not in reply
 
@@ -67,9 +71,9 @@ def test_format_answer_quotes_cites_and_highlights(engine: Engine) -> None:
 def test_format_answer_abstains_with_nearest_passages(engine: Engine) -> None:
     answer = engine.ask("What is the recipe for banana bread?", 2)
     reply = format_answer(answer)
-    assert reply.startswith(f"**{ABSTAIN_TEXT}**")
-    assert "Nearest passages (not close enough to answer):" in reply
-    assert reply.endswith("Documents searched: NCA\\-annual\\-assessment\\-speech\\-2023\\-07\\-17\\.txt")
+    assert reply.startswith(f"**{ABSTAIN_TEXT}**\n\nNearest passages, which may not answer it:")
+    assert "*nearest, may not answer*" in reply and "In the documents' words" not in reply
+    assert "Documents searched: NCA\\-annual\\-assessment\\-speech\\-2023\\-07\\-17\\.txt" in reply
 
 
 def test_format_context_marks_the_exact_span() -> None:

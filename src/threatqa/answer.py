@@ -1,7 +1,9 @@
 """Stage 6: hits -> `Answer`: quoted passages with citations, and their JSON and text forms.
 
 Nothing here generates text about the documents: a passage is the document's own text between
-two offsets, and everything else is fixed framing.
+two offsets, and everything else is fixed framing. Passages with the same normalised text (one
+report in several formats) are shown once, with every place they appear (`Passage.also`); the
+"lead" of a reply is the best-matching sentence of its top passages, quoted exactly.
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ import csv
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-from threatqa.retrieval import Retrieval
+from threatqa.chunking import Span, paragraphs, sentences
+from threatqa.ingest_display import display_text, text_key
+from threatqa.lexical import word_tokens
+from threatqa.retrieval import Hit, Retrieval
 from threatqa.store import DocumentInfo, passage_sha256
 
 ABSTAIN_TEXT = "No passage in the documents answers this closely enough."
+NEAREST_TEXT = "Nearest passages, which may not answer it:"
+LEAD_PASSAGES = 2  # passages whose best sentence opens a reply
 
 
 @dataclass(frozen=True)
@@ -58,12 +65,23 @@ class Passage:
     dense_score: float | None
     rerank_score: float | None
     citation: Citation
+    also: tuple[Citation, ...] = ()  # the same text (normalised) elsewhere: other formats or copies
 
     def reference(self) -> str:
         """One-line reference: <title>, <date>, para N / p. N: "quote"."""
         cite = self.citation
         quote = " ".join(self.text.split())
         return f'{cite.title}, {cite.date or "undated"}, {cite.location()}: "{quote}"'
+
+    @property
+    def shown(self) -> str:
+        """The passage as a reader sees it (Markdown without its markup; other formats as they are)."""
+        return display_text(self.text, self.citation.source)
+
+    @property
+    def sources(self) -> tuple[Citation, ...]:
+        """Every place this text appears, the cited one first."""
+        return (self.citation, *self.also)
 
 
 @dataclass(frozen=True)
@@ -95,8 +113,33 @@ class Answer:
 
 def passage_json(passage: Passage) -> dict[str, Any]:
     cite = asdict(passage.citation)
-    body = {key: value for key, value in asdict(passage).items() if key != "citation"}
-    return body | cite | {"reference": passage.reference()}
+    body = {key: value for key, value in asdict(passage).items() if key not in ("citation", "also")}
+    return body | cite | {"reference": passage.reference(), "also_in": [asdict(c) for c in passage.also]}
+
+
+def answer_from_json(data: dict[str, Any]) -> Answer:
+    """An `Answer` back from its JSON object (an audit record's payload); unknown keys are ignored."""
+    return Answer(
+        question=str(data.get("question", "")), answered=bool(data.get("answered")), mode=str(data.get("mode", "")),
+        passages=tuple(_passage_from_json(p) for p in data.get("passages") or []),
+        notices=tuple(data.get("notices") or ()), index_version=str(data.get("index_version", "")),
+        model=data.get("model"), searched=tuple(data.get("searched") or ()), id=data.get("id"),
+    )  # fmt: skip
+
+
+def _citation_from_json(data: dict[str, Any], defaults: dict[str, Any] | None = None) -> Citation:
+    values = (defaults or {}) | data
+    return Citation(**{name: values.get(name) for name in Citation.__dataclass_fields__})
+
+
+def _passage_from_json(data: dict[str, Any]) -> Passage:
+    cite = _citation_from_json(data)
+    also = tuple(_citation_from_json(c, {"index_version": cite.index_version}) for c in data.get("also_in") or [])
+    return Passage(
+        int(data.get("rank", 0)), str(data.get("text", "")), float(data.get("score") or 0.0),
+        float(data.get("relevance") or 0.0), data.get("lexical_score"), data.get("dense_score"),
+        data.get("rerank_score"), cite, also,
+    )  # fmt: skip
 
 
 def build_answer(
@@ -106,32 +149,131 @@ def build_answer(
     index_version: str,
     model: str | None,
     searched: tuple[str, ...],
+    limit: int | None = None,
 ) -> Answer:
-    """Wrap retrieval hits with their citations."""
+    """Wrap retrieval hits with their citations; hits with the same normalised text become one
+    passage listing every source; at most `limit` passages (all by default), ranked from 1."""
     passages = []
-    for hit in retrieval.hits:
-        chunk, info = hit.chunk, documents[hit.chunk.doc_id]
-        citation = Citation(
-            source=info.path, document_id=info.id, title=info.title, date=info.date, start=chunk.start,
-            end=chunk.end, page=chunk.page, page_end=chunk.page_end, paragraph=chunk.paragraph,
-            paragraph_end=chunk.paragraph_end, line_start=chunk.line_start, line_end=chunk.line_end,
-            document_sha256=info.sha256, passage_sha256=passage_sha256(chunk.text),
-            index_version=index_version, model=model, date_source=info.date_source,
-        )  # fmt: skip
+    for rank, group in enumerate(collapse(retrieval.hits, documents)[:limit], start=1):
+        hit = group[0]
+        cites = [_citation(h, documents[h.chunk.doc_id], index_version, model) for h in group]
         passages.append(
             Passage(
-                hit.rank,
-                chunk.text,
+                rank,
+                hit.chunk.text,
                 round(hit.score, 6),
                 round(hit.relevance, 4),
                 _round(hit.lexical_score),
                 _round(hit.dense_score),
                 _round(hit.rerank_score),
-                citation,
+                cites[0],
+                tuple(cites[1:]),
             )
         )
     return Answer(question, retrieval.answered, retrieval.mode, tuple(passages), retrieval.notices, index_version,
                   model, searched)  # fmt: skip
+
+
+def collapse(hits: tuple[Hit, ...] | list[Hit], documents: dict[str, DocumentInfo]) -> list[list[Hit]]:
+    """Hits grouped by the normalised text they show (`ingest_display.text_key`), best first."""
+    groups: dict[str, list[Hit]] = {}
+    for hit in hits:
+        groups.setdefault(text_key(hit.chunk.text, documents[hit.chunk.doc_id].path), []).append(hit)
+    return list(groups.values())
+
+
+def _citation(hit: Hit, info: DocumentInfo, index_version: str, model: str | None) -> Citation:
+    chunk = hit.chunk
+    return Citation(
+        source=info.path, document_id=info.id, title=info.title, date=info.date, start=chunk.start,
+        end=chunk.end, page=chunk.page, page_end=chunk.page_end, paragraph=chunk.paragraph,
+        paragraph_end=chunk.paragraph_end, line_start=chunk.line_start, line_end=chunk.line_end,
+        document_sha256=info.sha256, passage_sha256=passage_sha256(chunk.text),
+        index_version=index_version, model=model, date_source=info.date_source,
+    )  # fmt: skip
+
+
+def best_sentence(question: str, text: str) -> Span | None:
+    """The sentence of `text` sharing the most word stems with the question (the first on ties)."""
+    terms = set(word_tokens(question))
+    best, best_overlap = None, 0
+    for paragraph in paragraphs(text):
+        for sentence in sentences(text, paragraph):
+            overlap = len(terms.intersection(word_tokens(text[sentence.start : sentence.end])))
+            if overlap > best_overlap:
+                best, best_overlap = sentence, overlap
+    return best
+
+
+@dataclass(frozen=True)
+class Lead:
+    """One sentence that opens a reply: quoted exactly from passage `rank` as shown."""
+
+    rank: int
+    text: str
+
+
+def lead(answer: Answer, count: int = LEAD_PASSAGES) -> list[Lead]:
+    """The best-matching sentence of each of the top `count` passages (none for an abstention)."""
+    if not answer.answered:
+        return []
+    leads = []
+    for passage in answer.passages[:count]:
+        shown = passage.shown
+        span = best_sentence(answer.question, shown)
+        if span is not None:
+            leads.append(Lead(passage.rank, " ".join(shown[span.start : span.end].split())))
+    return leads
+
+
+def match_words(passage: Passage, top_score: float) -> str:
+    """Relevance an analyst can read: how this passage's ranking score compares with the best one's."""
+    if passage.rank == 1:
+        return "best match"
+    share = passage.score / top_score if top_score > 0 else 0.0
+    if share >= 0.85:
+        return "strong match"
+    if share >= 0.6:
+        return "good match"
+    return "partial match"
+
+
+def plain_text(answer: Answer, link: str | None = None) -> str:
+    """The answer as clean text to paste anywhere: the lead, then each passage with one reference line."""
+    lines = [f"Q: {answer.question}", ""]
+    if answer.answered:
+        lines += [f'"{item.text}" [{item.rank}]' for item in lead(answer)]
+    else:
+        lines += [ABSTAIN_TEXT, NEAREST_TEXT if answer.passages else ""]
+    for passage in answer.passages:
+        lines += ["", f"[{passage.rank}] " + " ".join(passage.shown.split())]
+        lines += [f"    {reference_line(cite)}" for cite in passage.sources]
+    if link:
+        lines += ["", f"Permalink: {link}"]
+    return "\n".join(lines).strip() + "\n"
+
+
+def reference_line(cite: Citation) -> str:
+    """'Title, 2023-07-17, p. 3 (report.pdf)'."""
+    return f"{cite.title}, {cite.date or 'undated'}, {cite.location()} ({cite.source})"
+
+
+def format_markdown(answer: Answer, link: str | None = None) -> str:
+    """The answer as a Markdown document (export): quotes as blockquotes, one reference line per source."""
+    lines = [f"# {answer.question}", ""]
+    if answer.answered:
+        lines += [f"> {item.text} [{item.rank}]" for item in lead(answer)] + [""]
+    else:
+        lines += [f"**{ABSTAIN_TEXT}**", "", NEAREST_TEXT if answer.passages else "", ""]
+    for passage in answer.passages:
+        lines += [f"## [{passage.rank}]", ""]
+        lines += [f"> {line}" if line.strip() else ">" for line in passage.shown.split("\n")] + [""]
+        lines += [f"- {reference_line(cite)}, characters {cite.start}-{cite.end}" for cite in passage.sources]
+        lines.append("")
+    lines.append(f"Documents searched: {', '.join(answer.searched) or 'none'}")
+    if link:
+        lines += ["", f"Permalink: {link}"]
+    return "\n".join(lines) + "\n"
 
 
 def _round(value: float | None) -> float | None:
@@ -143,7 +285,7 @@ def format_text(answer: Answer) -> str:
     lines = [f"Q: {answer.question}"]
     lines += [f"note: {notice}" for notice in answer.notices]
     if not answer.answered:
-        lines.append(ABSTAIN_TEXT + (" Nearest passages:" if answer.passages else ""))
+        lines.append(ABSTAIN_TEXT + (f" {NEAREST_TEXT}" if answer.passages else ""))
     for passage in answer.passages:
         cite = passage.citation
         lines.append("")
@@ -152,6 +294,7 @@ def format_text(answer: Answer) -> str:
             f"    -- {cite.title} ({cite.date or 'undated'}), {cite.location()}, lines {cite.line_start}-"
             f"{cite.line_end}, chars {cite.start}-{cite.end} of {cite.source} · relevance {passage.relevance:.2f}"
         )
+        lines += [f"    -- also in {reference_line(also)}" for also in passage.also]
     return "\n".join(lines)
 
 

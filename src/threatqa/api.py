@@ -34,10 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from threatqa.api_answers import add_answer_routes
 from threatqa.config import Settings
 from threatqa.engine import MAX_DOCUMENT_FILTER, MAX_K, Engine
 from threatqa.errors import AuditError, ConfigError, QuestionError, QuestionTooLong, ThreatQAError
-from threatqa.ui import BUSY_TEXT, CSS, build_ui, request_user, theme
+from threatqa.ui import BUSY_TEXT, CSS, HEAD, build_ui, request_user, theme
 from threatqa.verify import answers_from_json, verify_answers
 
 log = logging.getLogger("threatqa.api")
@@ -100,6 +101,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="ThreatQA", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.engine, app.state.gate = engine, gate
     _add_routes(app, settings, engine, gate)
+    add_answer_routes(app, settings, engine)
     _add_error_handlers(app)
     # last added runs first: headers on every response, then CORS (answers preflights), then access, then
     # the request size and the routes Gradio may serve; unexpected errors become a 500 inside all of them
@@ -117,7 +119,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     blocks.state_session_capacity = settings.ui_sessions  # per-session UI state is kept for this many sessions
     return gr.mount_gradio_app(
         app, blocks, path="/", root_path=settings.root_path or None, show_error=False, theme=theme(), css=CSS,
-        footer_links=[], ssr_mode=False, enable_monitoring=False, mcp_server=False, run_history=False,
+        head=HEAD, footer_links=[], ssr_mode=False, enable_monitoring=False, mcp_server=False, run_history=False,
         # the UI takes no files: uploads are capped to nothing useful, and no path is served
         max_file_size=UPLOAD_LIMIT, allowed_paths=[], blocked_paths=_private_paths(settings),
     )  # fmt: skip
@@ -287,8 +289,9 @@ def _cookie(headers: Headers, name: str) -> str:
 def _setting_cookie(send: Send, scope: Scope, token: str) -> Send:
     """Wrap `send` so the response stores the token in an HttpOnly cookie for the page's later requests."""
     secure = scope.get("scheme") == "https" or Headers(scope=scope).get("x-forwarded-proto") == "https"
-    # a portal on another site frames us: only SameSite=None cookies reach a third-party frame (needs https)
-    attributes = "; Secure; SameSite=None" if secure else "; SameSite=Lax"
+    # a portal on another site frames us: only SameSite=None cookies reach a third-party frame (needs https),
+    # and where third-party cookies are blocked only a Partitioned one (CHIPS), kept apart per top-level site
+    attributes = "; Secure; SameSite=None; Partitioned" if secure else "; SameSite=Lax"
     path = scope.get("root_path") or "/"
 
     async def wrapped(message: Message) -> None:
@@ -333,6 +336,7 @@ GRADIO_PATHS = frozenset(
 )  # fmt: skip
 GRADIO_PREFIXES = ("/assets/", "/static/", "/gradio_api/heartbeat/", "/gradio_api/call/")
 OWN_PREFIX = "/api/"
+ANSWER_PREFIX = "/answers/"  # permalinks, exports and passages in context (api_answers), ours as well
 
 
 class GradioSurface:
@@ -345,7 +349,8 @@ class GradioSurface:
         if scope["type"] in ("http", "websocket"):
             path, root = scope["path"], scope.get("root_path", "")
             path = path[len(root) :] if root and path.startswith(root) else path
-            allowed = path.startswith(OWN_PREFIX) or path.rstrip("/") in GRADIO_PATHS or path in GRADIO_PATHS
+            ours = path.startswith((OWN_PREFIX, ANSWER_PREFIX))
+            allowed = ours or path.rstrip("/") in GRADIO_PATHS or path in GRADIO_PATHS
             if not (allowed or path.startswith(GRADIO_PREFIXES)):
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})

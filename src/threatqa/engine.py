@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from threatqa.answer import Answer, build_answer
+from threatqa.answer import Answer, build_answer, collapse
 from threatqa.audit import AuditLog
 from threatqa.chunking import ChunkConfig
 from threatqa.config import Settings
@@ -165,11 +165,18 @@ class Engine:
     def _answer(self, live: _Live, question: str, k: int | None, documents: list[str] | None) -> tuple[Answer, int]:
         retriever, docs = live.retriever, live.documents
         k = self.check_request(question, k, documents, docs)
-        result = retriever.search(question, k, documents)
+        fetch = k
+        result = retriever.search(question, fetch, documents)
+        for _ in range(3):  # copies of one text (a report in several formats) are one passage: fetch until k distinct
+            distinct = len(collapse(result.hits, docs))
+            if distinct >= k or len(result.hits) < fetch:
+                break
+            fetch = min(fetch * k // max(1, distinct) + k, 4 * MAX_K)
+            result = retriever.search(question, fetch, documents)
         searched = tuple(d.path for d in docs.values() if not documents or d.id in documents or d.path in documents)
         model = retriever.index.manifest.model if retriever.embedder else None
         result = replace(result, notices=result.notices + live.notices)
-        answer = build_answer(result.question, result, docs, retriever.index.version, model, searched)
+        answer = build_answer(result.question, result, docs, retriever.index.version, model, searched, limit=k)
         return replace(answer, id=uuid.uuid4().hex), k
 
     def check_request(

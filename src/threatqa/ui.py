@@ -1,30 +1,39 @@
-"""The Gradio chat UI: format answers for the browser; every word of document text is escaped.
+"""The Gradio chat UI: ask, read the answer first, follow citations, give feedback, copy.
 
-Document text is untrusted. It only ever reaches the browser through Markdown components
-(never `gr.HTML`) after `escape_markdown`, which turns HTML, markdown links and images, LaTeX
-and mermaid fences into literal text; LaTeX rendering is switched off as well. The only markup
-in a reply is the fixed framing made here (numbers, citation lines, `<mark>` highlights).
+Each reply names its own answer (its permalink `answers/<id>` is part of the message), and
+feedback, "view in context" and "copy answer" take the id from the message they act on, never
+from a position in a server-side list: whatever the chat's state (Clear, retry, undo, several
+tabs), they reach the right audit record. Formatting lives in `ui_format` (every word of
+document text escaped there).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from threatqa.answer import ABSTAIN_TEXT, Answer, Passage
-from threatqa.chunking import Span, paragraphs, sentences
+from threatqa.answer import Answer, answer_from_json, best_sentence, plain_text
 from threatqa.config import Settings
 from threatqa.engine import Engine
-from threatqa.errors import AuditError, ThreatQAError
-from threatqa.lexical import word_tokens
+from threatqa.errors import AuditError, QuestionError, ThreatQAError
+from threatqa.ui_format import (
+    answer_links,
+    context_heading,
+    escape_markdown,
+    format_answer,
+    format_context,
+    marked,
+    quote_block,
+)
+from threatqa.ui_history import history_messages
 
 if TYPE_CHECKING:
     from threatqa.api import Gate
+
+__all__ = ["best_sentence", "build_ui", "escape_markdown", "format_answer", "format_context", "marked"]
 
 _log = logging.getLogger("threatqa.ui")
 
@@ -33,130 +42,47 @@ EXAMPLE_QUESTIONS = (
     "Which hostile states use cybercriminals or organised crime groups?",
     "How much money is laundered through the UK each year?",
 )
-CONTEXT_CHARS = 700  # surrounding text shown on each side of a passage in "view in context"
 BUSY_TEXT = "The server is busy answering other questions; try again in a moment."
 UNRECORDED_TEXT = "The audit log could not be written, so the question was not answered; try again later."
-# every ASCII punctuation character may be backslash-escaped in CommonMark; <, > and & become entities
-_PUNCTUATION = re.compile(r"([!\"#$%'()*+,\-./:;=?@\[\\\]^_`{|}~])")
+EMPTY_TEXT = "Type a question first, then press Ask."
 _THEME_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 _MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
-CSS = "mark { background: #fde68a; color: inherit; padding: 0 1px; } .tqa-status { opacity: 0.8; }"
+CSS = """
+mark { background: #fde68a; color: #1f2937; padding: 0 1px; }
+.tqa-status { opacity: 0.85; }
+#tqa-hint p { color: #92400e; margin: 0; }
+#tqa-chat blockquote { margin-left: 0; }
+"""
+MAX_HISTORY = 200  # chat messages kept in a session
 
-
-def escape_markdown(text: str) -> str:
-    """Text that Markdown (and the HTML sanitiser after it) shows literally, character for character."""
-    escaped = _PUNCTUATION.sub(r"\\\1", text)
-    return escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def best_sentence(question: str, text: str) -> Span | None:
-    """The sentence of `text` sharing the most word stems with the question (the first on ties)."""
-    terms = set(word_tokens(question))
-    best, best_overlap = None, 0
-    for paragraph in paragraphs(text):
-        for sentence in sentences(text, paragraph):
-            overlap = len(terms.intersection(word_tokens(text[sentence.start : sentence.end])))
-            if overlap > best_overlap:
-                best, best_overlap = sentence, overlap
-    return best
-
-
-def marked(text: str, span: Span | None) -> str:
-    """Escaped text with `span` wrapped in <mark>, one <mark> per paragraph so that none spans a blank line."""
-    if span is None or span.start >= span.end:
-        return escape_markdown(text)
-    parts = [escape_markdown(text[: span.start])]
-    inside = text[span.start : span.end]
-    cursor = 0
-    for piece in paragraphs(inside):
-        parts.append(escape_markdown(inside[cursor : piece.start]))
-        parts.append(f"<mark>{escape_markdown(inside[piece.start : piece.end])}</mark>")
-        cursor = piece.end
-    parts.append(escape_markdown(inside[cursor:]))
-    parts.append(escape_markdown(text[span.end :]))
-    return "".join(parts)
-
-
-def quote_block(markdown: str) -> str:
-    """Markdown as a blockquote (blank lines kept inside the quote)."""
-    return "\n".join(f"> {line}" if line.strip() else ">" for line in markdown.split("\n"))
-
-
-def citation_line(passage: Passage) -> str:
-    cite = passage.citation
-    return (
-        f"**[{passage.rank}]** {escape_markdown(cite.title)} · {escape_markdown(dated(cite.date, cite.date_source))} · "
-        f"{escape_markdown(cite.location())} · relevance {passage.relevance:.2f}"
-    )
-
-
-def dated(date: str | None, source: str | None) -> str:
-    """'2023-07-17 (dateline)': the date and where it was found, or 'undated'."""
-    if not date:
-        return "undated"
-    return f"{date} ({source})" if source else date
-
-
-def format_passage(passage: Passage, question: str) -> str:
-    """Citation line, then the passage quoted with its best-matching sentence highlighted."""
-    body = marked(passage.text, best_sentence(question, passage.text))
-    return f"{citation_line(passage)}\n\n{quote_block(body)}"
-
-
-def format_answer(answer: Answer) -> str:
-    """The chat reply: quoted passages with numbered citations, or the abstention framing."""
-    blocks = [f"*Note: {escape_markdown(notice)}*" for notice in answer.notices]
-    if not answer.answered:
-        blocks.append(f"**{ABSTAIN_TEXT}**")
-        if answer.passages:
-            blocks.append("Nearest passages (not close enough to answer):")
-    blocks += [format_passage(passage, answer.question) for passage in answer.passages]
-    if not answer.answered:
-        searched = ", ".join(escape_markdown(path) for path in answer.searched) or "none"
-        blocks.append(f"Documents searched: {searched}")
-    return "\n\n".join(blocks)
-
-
-def format_context(text: str, start: int, end: int, chars: int = CONTEXT_CHARS) -> str:
-    """The passage text[start:end] inside whole paragraphs of surrounding text, the exact span marked."""
-    around = [p for p in paragraphs(text) if p.end > start - chars and p.start < end + chars]
-    first = min([start, *(p.start for p in around)])
-    last = max([end, *(p.end for p in around)])
-    lead = "…\n\n" if first > 0 else ""
-    tail = "\n\n…" if last < len(text) else ""
-    body = marked(text[first:last], Span(start - first, end - first))
-    return f"{lead}{body}{tail}"
-
-
-@dataclass(frozen=True)
-class Shown:
-    """What the page keeps about one passage of a reply, for "view in context" and copying."""
-
-    label: str
-    document_id: str
-    start: int
-    end: int
-    heading: str
-    reference: str
-
-
-def shown_passages(answer: Answer) -> list[Shown]:
-    result = []
-    for passage in answer.passages:
-        cite = passage.citation
-        result.append(
-            Shown(
-                label=f"[{passage.rank}] {cite.title}, {cite.location()}",
-                document_id=cite.document_id,
-                start=cite.start,
-                end=cite.end,
-                heading=f"**[{passage.rank}]** {escape_markdown(cite.title)} · {escape_markdown(cite.source)} · "
-                f"{escape_markdown(cite.location())}, lines {cite.line_start}–{cite.line_end}, "
-                f"characters {cite.start}–{cite.end}",
-                reference=passage.reference(),
-            )
-        )
-    return result
+# Runs in the page (`head`): the token leaves the address bar once the cookie holds it; a new reply
+# is scrolled to its top (the chat's own autoscroll is off); a message is announced by its text
+# (the chat labels it with its Markdown source, escapes and all).
+HEAD = """<script>
+(() => {
+  const url = new URL(window.location.href);
+  if (url.searchParams.has("token")) {
+    url.searchParams.delete("token");
+    history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+  }
+  const label = (node) => {
+    const said = node.getAttribute("aria-label") || "";
+    const who = said.split("'s message: ")[0];
+    const text = (node.innerText || "").replace(/\\s+/g, " ").trim();
+    const role = who === "bot" ? "Answer" : "Question";
+    if (said.includes("'s message: ") && text) node.setAttribute("aria-label", `${role}: ${text}`);
+  };
+  new MutationObserver(() => {
+    document.querySelectorAll("#tqa-chat [aria-label*=\\"'s message: \\"]").forEach(label);
+  }).observe(document.documentElement, { childList: true, subtree: true, characterData: true });
+})();
+</script>"""
+SCROLL_TO_REPLY = """() => {
+  const replies = document.querySelectorAll("#tqa-chat .message-row.bot-row, #tqa-chat .message.bot");
+  const last = replies[replies.length - 1];
+  if (last) last.scrollIntoView({ block: "start" });
+}"""
+COPY_JS = "async (text) => { if (text) await navigator.clipboard.writeText(text); }"
 
 
 def theme() -> gr.themes.Base:
@@ -187,50 +113,55 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
     with gr.Blocks(title="ThreatQA", analytics_enabled=False) as blocks:
         gr.Markdown("## ThreatQA: answers quoted from the threat assessments")
         gr.Markdown(status_text(engine), elem_classes="tqa-status", latex_delimiters=[], elem_id="tqa-status")
-        replies = gr.State([])  # per reply, in chat order: {"id": audit id, "passages": [Shown as dict]}
-        current = gr.State(-1)  # the reply whose passages "view in context" offers
+        replies = gr.State([])  # answer ids of this session's replies (kept for API compatibility; not for binding)
+        current = gr.State("")  # the answer whose passages "view in context" offers
         with gr.Row():
             with gr.Column(scale=3):
                 chat = gr.Chatbot(
                     label="Answers", height=560, latex_delimiters=[], sanitize_html=True, allow_tags=False,
-                    buttons=["copy"], elem_id="tqa-chat", placeholder="Ask a question about the documents.",
+                    buttons=[], elem_id="tqa-chat", placeholder="Ask a question about the documents.",
+                    autoscroll=False,
                 )  # fmt: skip
                 question = gr.Textbox(
-                    show_label=False, placeholder="Ask a question…", max_length=settings.max_question_chars,
-                    elem_id="tqa-question", submit_btn=True,
+                    label="Your question", placeholder="Ask a question about the documents…", lines=1,
+                    elem_id="tqa-question", submit_btn="Ask", autofocus=True,
                 )  # fmt: skip
+                hint = gr.Markdown("", elem_id="tqa-hint", latex_delimiters=[])
+                with gr.Row():
+                    copy = gr.Button("Copy answer", elem_id="tqa-copy", size="sm", variant="secondary")
+                    copied = gr.Textbox(visible="hidden", elem_id="tqa-copy-text", label="Answer as text")
                 gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=question, label="Example questions")
             with gr.Column(scale=2):
                 only = gr.Dropdown(choices, multiselect=True, label="Search only these documents (empty: all)")
-                with gr.Accordion("View in context", open=False, elem_id="tqa-context-panel"):
+                with gr.Accordion("View in context", open=False, elem_id="tqa-context-panel") as panel:
                     pick = gr.Dropdown([], label="Passage (click a reply to choose its passages)", elem_id="tqa-pick")
                     context = gr.Markdown("Ask a question, then choose one of its passages.", latex_delimiters=[],
                                           elem_id="tqa-context", sanitize_html=True, max_height=480)  # fmt: skip
                     reference = gr.Textbox(label="Reference", buttons=["copy"], interactive=False, elem_id="tqa-ref")
+        outputs = [chat, replies, current, pick, context, reference, question, hint, copied]
         question.submit(
-            handlers.ask, [question, chat, replies, only], [chat, replies, current, pick, context, reference, question],
-            api_name="chat", api_visibility="undocumented",
-        )  # fmt: skip
-        chat.like(handlers.feedback, [replies], None, api_visibility="undocumented")
+            handlers.ask, [question, chat, replies, only], outputs, api_name="chat", api_visibility="undocumented",
+        ).then(None, js=SCROLL_TO_REPLY)  # fmt: skip
+        chat.like(handlers.feedback, None, None, api_visibility="undocumented")
         chat.select(
-            handlers.select_reply, [replies], [current, pick, context, reference], api_visibility="undocumented"
-        )
-        pick.input(
-            handlers.view, [pick, replies, current], [context, reference], api_name="context",
+            handlers.select_reply, None, [current, pick, context, reference, copied, panel],
             api_visibility="undocumented",
         )  # fmt: skip
+        chat.clear(handlers.cleared, None, [replies, current, pick, context, reference, copied, hint])
+        pick.input(
+            handlers.view, [pick, current], [context, reference], api_name="context", api_visibility="undocumented"
+        )
+        copy.click(None, [copied], None, js=COPY_JS)
+        blocks.load(handlers.history, None, [chat], api_visibility="undocumented")
         gr.api(handlers.ask_json, api_name="ask")
     return blocks
 
 
-Reply = dict[str, Any]  # {"id": audit id or None, "passages": [vars(Shown), ...]}
-
-
-MAX_HISTORY = 200  # chat messages kept in a session
+Reply = str  # an answer id
 
 
 class _Handlers:
-    """Event handlers: parse, call the engine, format. Errors reach the user as plain messages."""
+    """Event handlers: parse, call the engine, format. Problems reach the user as gentle inline messages."""
 
     def __init__(self, engine: Engine, settings: Settings, gate: Gate) -> None:
         self.engine, self.settings, self.gate = engine, settings, gate
@@ -238,88 +169,119 @@ class _Handlers:
     def _answer(self, question: object, k: object, documents: object, request: gr.Request | None) -> Answer:
         """The engine's answer; the request is checked by the engine, as for the JSON API."""
         user = request_user(self.settings, request.headers if request else None)
-        try:
-            self.engine.check_request(question, k, documents or None)  # before waiting for a slot
-            with self.gate.slot():
-                return self.engine.ask(question, k, documents or None, user=user, channel="ui")  # type: ignore[arg-type]
-        except AuditError as exc:  # its message names the log's file: for the server log, not for users
-            _log.error("audit log write failed: %s", exc)
-            raise gr.Error(UNRECORDED_TEXT) from None
-        except ThreatQAError as exc:  # includes Busy; messages are written for users
-            raise gr.Error(_sentence(str(exc))) from None
+        self.engine.check_request(question, k, documents or None)  # before waiting for a slot
+        with self.gate.slot():
+            return self.engine.ask(question, k, documents or None, user=user, channel="ui")  # type: ignore[arg-type]
 
     def ask(
         self, question: str, history: list[dict[str, Any]], replies: list[Reply], documents: list[str] | None,
         request: gr.Request,
     ) -> tuple[Any, ...]:  # fmt: skip
-        """Append the question and its reply to the chat; offer the reply's passages for "view in context"."""
-        answer = self._answer(question, None, documents, request)
-        reply = {"id": answer.id, "passages": [vars(s) for s in shown_passages(answer)]}
+        """Append the question and its reply to the chat; offer the reply's passages for "view in context".
+        A question that cannot be asked (empty, too long, busy) leaves the chat as it is and says why
+        below the question box."""
+        try:
+            answer = self._answer(question, None, documents, request)
+        except QuestionError as exc:
+            empty = not str(question or "").strip()
+            return (*[gr.skip()] * 7, EMPTY_TEXT if empty else _sentence(str(exc)) + ".", gr.skip())
+        except AuditError as exc:  # its message names the log's file: for the server log, not for users
+            _log.error("audit log write failed: %s", exc)
+            return (*[gr.skip()] * 7, UNRECORDED_TEXT, gr.skip())
+        except ThreatQAError as exc:  # includes Busy; messages are written for users
+            return (*[gr.skip()] * 7, _sentence(str(exc)), gr.skip())
         history = [
-            *history[-MAX_HISTORY:],  # the client sends the history: a forged, huge one is cut
+            *(history or [])[-MAX_HISTORY:],  # the client sends the history: a forged, huge one is cut
             {"role": "user", "content": escape_markdown(str(question))},
-            {"role": "assistant", "content": format_answer(answer)},
+            {"role": "assistant", "content": format_answer(answer, filtered=bool(documents))},
         ]
-        replies = [*replies, reply]
-        return history, replies, len(replies) - 1, *self._offer(reply), ""
+        replies = [*(replies or [])[-MAX_HISTORY:], answer.id]
+        offered = self._offer(answer)
+        return history, replies, answer.id, *offered, "", "", plain_text(answer, self._permalink(answer.id))
 
     def ask_json(self, question: str, k: int = 5, documents: list[str] | None = None,
                  request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]  # fmt: skip
         """Answer a question: the same object as `threatqa ask --json` (gradio_client api_name "/ask")."""
-        return self._answer(question, k, documents, request).to_json()
-
-    def _offer(self, reply: Reply) -> tuple[Any, str, str]:
-        passages = reply["passages"]
-        if not passages:
-            return gr.Dropdown(choices=[], value=None), "This reply quotes no passage.", ""
-        choices = [(p["label"], i) for i, p in enumerate(passages)]
-        return (gr.Dropdown(choices=choices, value=0), *self._context(passages[0]))
-
-    def _context(self, shown: dict[str, Any]) -> tuple[str, str]:
         try:
-            document = self.engine.index.document(shown["document_id"])
-        except KeyError:
-            return "The document of this passage is no longer indexed.", shown["reference"]
-        body = format_context(document.text, shown["start"], shown["end"])
-        return f"{shown['heading']}\n\n{quote_block(body)}", shown["reference"]
-
-    def view(self, pick: int | None, replies: list[Reply], current: int) -> tuple[str, str]:
-        """Show the chosen passage of the current reply inside its document."""
-        passages = replies[current]["passages"] if 0 <= current < len(replies) else []
-        if pick is None or not 0 <= int(pick) < len(passages):
-            return "Choose a passage.", ""
-        return self._context(passages[int(pick)])
-
-    def select_reply(self, replies: list[Reply], event: gr.SelectData) -> tuple[Any, ...]:
-        """Clicking a reply offers its passages in "view in context"."""
-        number = _reply_number(event.index)
-        if not 0 <= number < len(replies):
-            return -1, gr.Dropdown(choices=[], value=None), "Choose a reply.", ""
-        return number, *self._offer(replies[number])
-
-    def feedback(self, replies: list[Reply], event: gr.LikeData, request: gr.Request) -> None:
-        """Thumbs up/down on a reply, stored in the audit log with the question."""
-        number = _reply_number(event.index)
-        if event.liked not in (True, False) or not 0 <= number < len(replies) or not replies[number]["id"]:
-            return
-        try:
-            self.engine.feedback(
-                replies[number]["id"],
-                bool(event.liked),
-                user=request_user(self.settings, request.headers if request else None),
-            )
+            return self._answer(question, k, documents, request).to_json()
         except AuditError as exc:
             _log.error("audit log write failed: %s", exc)
             raise gr.Error(UNRECORDED_TEXT) from None
         except ThreatQAError as exc:
             raise gr.Error(_sentence(str(exc))) from None
 
+    def _permalink(self, answer_id: str | None) -> str | None:
+        return f"{self.settings.root_path}/answers/{answer_id}" if answer_id else None
+
+    def _logged(self, answer_id: str) -> Answer | None:
+        """The answer as the audit log holds it (None when there is no such answer)."""
+        try:
+            record = self.engine.audit.get(answer_id)
+        except AuditError:
+            return None
+        if record.kind != "answer":
+            return None
+        return answer_from_json(record.payload | {"id": record.id})
+
+    def _offer(self, answer: Answer) -> tuple[Any, str, str]:
+        if not answer.passages:
+            return gr.Dropdown(choices=[], value=None), "This reply quotes no passage.", ""
+        choices = [(f"[{p.rank}] {p.citation.title}, {p.citation.location()}", p.rank) for p in answer.passages]
+        return (gr.Dropdown(choices=choices, value=1), *self._context(answer, 1))
+
+    def _context(self, answer: Answer, rank: int) -> tuple[str, str]:
+        passage = next((p for p in answer.passages if p.rank == rank), None)
+        if passage is None:
+            return "Choose a passage.", ""
+        cite = passage.citation
+        try:
+            document = self.engine.index.document(cite.document_id)
+        except KeyError:
+            return "The document of this passage is no longer indexed.", passage.reference()
+        body = format_context(document.text, cite.start, cite.end)
+        return f"{context_heading(passage)}\n\n{quote_block(body)}", passage.reference()
+
+    def view(self, pick: int | None, current: str) -> tuple[str, str]:
+        """Show the chosen passage of the current reply inside its document."""
+        answer = self._logged(current) if current else None
+        if answer is None or pick is None:
+            return "Choose a passage.", ""
+        return self._context(answer, int(pick))
+
+    def select_reply(self, event: gr.SelectData) -> tuple[Any, ...]:
+        """Clicking a reply offers its passages in "view in context" and makes it the one "copy answer" copies."""
+        ids = answer_links(event.value)
+        answer = self._logged(ids[0]) if ids else None
+        if answer is None:
+            return "", gr.Dropdown(choices=[], value=None), "Choose a reply.", "", "", gr.skip()
+        return answer.id, *self._offer(answer), plain_text(answer, self._permalink(answer.id)), gr.Accordion(open=True)
+
+    def cleared(self) -> tuple[Any, ...]:
+        """After the chat's Clear: nothing is offered from the replies that went."""
+        waiting = "Ask a question, then choose one of its passages."
+        return [], "", gr.Dropdown(choices=[], value=None), waiting, "", "", ""
+
+    def feedback(self, event: gr.LikeData, request: gr.Request) -> None:
+        """Thumbs up/down on a reply, stored in the audit log against the answer that reply shows."""
+        ids = answer_links(event.value)
+        if event.liked not in (True, False) or not ids or self._logged(ids[0]) is None:
+            return
+        try:
+            self.engine.feedback(
+                ids[0], bool(event.liked), user=request_user(self.settings, request.headers if request else None)
+            )
+        except AuditError as exc:
+            _log.error("audit log write failed: %s", exc)
+            raise gr.Error(UNRECORDED_TEXT) from None
+
+    def history(self, request: gr.Request) -> list[dict[str, Any]]:
+        """The user's previous questions and replies, from the audit log, when the page loads."""
+        user = request_user(self.settings, request.headers if request else None)
+        try:
+            return history_messages(self.engine.audit, user, MAX_HISTORY // 2)
+        except AuditError:  # no log yet, or unreadable: an empty chat
+            return []
+
 
 def _sentence(message: str) -> str:
     return message[:1].upper() + message[1:]
-
-
-def _reply_number(index: int | tuple[int, int] | list[int]) -> int:
-    """Chat messages alternate question, reply: message i belongs to reply i // 2."""
-    first = index[0] if isinstance(index, (tuple, list)) else index
-    return int(first) // 2
