@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run index test lint format test-slow test-browser chromium audit-deps ci eval bench load lock
+.PHONY: help setup run index test lint format test-slow test-browser chromium axe audit-deps ci eval bench load lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -44,17 +44,35 @@ test: lint ## lint, then the fast test suite (offline, a minute or two)
 test-slow: $(STAMP) ## the slow tests (evaluation targets, kill-mid-build)
 	$(BIN)/pytest -m slow
 
-test-browser: $(STAMP) chromium ## real-browser tests with Debian's Chromium (installs it when missing)
+test-browser: $(STAMP) chromium axe ## real-browser tests with Debian's Chromium (installs it when missing)
 	$(BIN)/pytest -m browser
 
 audit-deps: $(STAMP) ## pip-audit over requirements.lock (fails on a known vulnerability)
 	$(BIN)/python .ci/audit_deps.py requirements.lock
 
-ci: audit-deps test chromium ## everything CI runs: the README's `make test`, then the slow and browser tests
+ci: audit-deps test chromium axe ## everything CI runs: the README's `make test`, then the slow and browser tests
 	$(BIN)/pytest -m "slow or browser"
 
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# axe-core (MPL-2.0), the accessibility checker the browser tests inject into the page: fetched from npm at a
+# pinned version, its tarball checked against the registry's published integrity, kept out of git in .cache/
+AXE_VERSION := 4.10.3
+AXE_INTEGRITY := sha512-Xm7bpRXnDSX2YE2YFfBk2FnF0ep6tmG7xPh8iHee8MIcrgq762Nkce856dYtJYLkuIoYZvGfTs/PbZhideTcEg==
+AXE_DIR := .cache/axe-core
+
+axe: $(AXE_DIR)/axe.min.js ## fetch axe-core (pinned version, integrity checked) for the browser tests
+
+$(AXE_DIR)/axe.min.js:
+	rm -rf $(AXE_DIR) && mkdir -p $(AXE_DIR)
+	cd $(AXE_DIR) && npm pack --silent axe-core@$(AXE_VERSION) >/dev/null
+	python3 -c "import base64, hashlib, sys; d = open(sys.argv[1], 'rb').read(); \
+	got = 'sha512-' + base64.b64encode(hashlib.sha512(d).digest()).decode(); \
+	sys.exit(0 if got == sys.argv[2] else f'axe-core tarball integrity {got} is not the pinned {sys.argv[2]}')" \
+	    $(AXE_DIR)/axe-core-$(AXE_VERSION).tgz '$(AXE_INTEGRITY)'
+	tar -xzf $(AXE_DIR)/axe-core-$(AXE_VERSION).tgz -C $(AXE_DIR) --strip-components=1 package/axe.min.js package/LICENSE
+	rm $(AXE_DIR)/axe-core-$(AXE_VERSION).tgz
 
 lock: ## re-resolve the dependencies into requirements.lock, with the sha256 of every file (in a scratch venv)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

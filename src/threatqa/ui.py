@@ -52,11 +52,13 @@ mark { background: #fde68a; color: #1f2937; padding: 0 1px; }
 .tqa-status { opacity: 0.85; }
 #tqa-hint p { color: #92400e; margin: 0; }
 #tqa-chat blockquote { margin-left: 0; }
+#tqa-only input, #tqa-pick input { color: #374151; }
+#tqa-only input::placeholder, #tqa-question textarea::placeholder { color: #6b7280; }
 """
 MAX_HISTORY = 200  # chat messages kept in a session
 
 # Runs in the page (`head`): the token leaves the address bar once the cookie holds it; a new reply
-# is scrolled to its top (the chat's own autoscroll is off); a message is announced by its text
+# is scrolled to its top, the chat's box only (its own autoscroll is off); a message is announced by its text
 # (the chat labels it with its Markdown source, escapes and all).
 HEAD = """<script>
 (() => {
@@ -72,16 +74,25 @@ HEAD = """<script>
     const role = who === "bot" ? "Answer" : "Question";
     if (said.includes("'s message: ") && text) node.setAttribute("aria-label", `${role}: ${text}`);
   };
+  const toTop = (reply) => {  // scroll the chat's own box (not the page) to the reply's first line
+    let box = reply.parentElement;
+    while (box && box !== document.body && !(box.scrollHeight > box.clientHeight &&
+           ["auto", "scroll"].includes(getComputedStyle(box).overflowY))) box = box.parentElement;
+    if (!box || box === document.body) return;
+    box.scrollTop += reply.getBoundingClientRect().top - box.getBoundingClientRect().top - 8;
+  };
+  let seen = "";
   new MutationObserver(() => {
     document.querySelectorAll("#tqa-chat [aria-label*=\\"'s message: \\"]").forEach(label);
+    const bots = document.querySelectorAll("#tqa-chat .message.bot");
+    const last = bots[bots.length - 1];
+    const link = last && last.querySelector("a[href^='answers/']");
+    const id = link ? link.getAttribute("href") : "";
+    if (id && id !== seen) for (const wait of [30, 300]) setTimeout(() => toTop(last), wait);
+    seen = id;
   }).observe(document.documentElement, { childList: true, subtree: true, characterData: true });
 })();
 </script>"""
-SCROLL_TO_REPLY = """() => {
-  const replies = document.querySelectorAll("#tqa-chat .message-row.bot-row, #tqa-chat .message.bot");
-  const last = replies[replies.length - 1];
-  if (last) last.scrollIntoView({ block: "start" });
-}"""
 COPY_JS = "async (text) => { if (text) await navigator.clipboard.writeText(text); }"
 
 
@@ -118,8 +129,8 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 chat = gr.Chatbot(
-                    label="Answers", height=560, latex_delimiters=[], sanitize_html=True, allow_tags=False,
-                    buttons=[], elem_id="tqa-chat", placeholder="Ask a question about the documents.",
+                    label="Answers", show_label=False, height=560, latex_delimiters=[], sanitize_html=True,
+                    allow_tags=False, buttons=[], elem_id="tqa-chat", placeholder="Ask a question about the documents.",
                     autoscroll=False,
                 )  # fmt: skip
                 question = gr.Textbox(
@@ -127,12 +138,13 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
                     elem_id="tqa-question", submit_btn="Ask", autofocus=True,
                 )  # fmt: skip
                 hint = gr.Markdown("", elem_id="tqa-hint", latex_delimiters=[])
-                with gr.Row():
-                    copy = gr.Button("Copy answer", elem_id="tqa-copy", size="sm", variant="secondary")
-                    copied = gr.Textbox(visible="hidden", elem_id="tqa-copy-text", label="Answer as text")
+                copy = gr.Button("Copy answer", elem_id="tqa-copy", size="sm", variant="secondary", scale=0)
+                copied = gr.Textbox(visible="hidden", elem_id="tqa-copy-text", label="Answer as text")
                 gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=question, label="Example questions")
             with gr.Column(scale=2):
-                only = gr.Dropdown(choices, multiselect=True, label="Search only these documents (empty: all)")
+                only = gr.Dropdown(
+                    choices, multiselect=True, label="Search only these documents (empty: all)", elem_id="tqa-only"
+                )
                 with gr.Accordion("View in context", open=False, elem_id="tqa-context-panel") as panel:
                     pick = gr.Dropdown([], label="Passage (click a reply to choose its passages)", elem_id="tqa-pick")
                     context = gr.Markdown("Ask a question, then choose one of its passages.", latex_delimiters=[],
@@ -141,7 +153,7 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
         outputs = [chat, replies, current, pick, context, reference, question, hint, copied]
         question.submit(
             handlers.ask, [question, chat, replies, only], outputs, api_name="chat", api_visibility="undocumented",
-        ).then(None, js=SCROLL_TO_REPLY)  # fmt: skip
+        )  # fmt: skip
         chat.like(handlers.feedback, None, None, api_visibility="undocumented")
         chat.select(
             handlers.select_reply, None, [current, pick, context, reference, copied, panel],
