@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from browser_support import AXE, DESKTOP, OUTPUT, PHONE, ask, launch, need_chromium, replies, serving, wait_for_replies
 from conftest import CORPUS, CORPUS_FILE
 from formats import REPORT_WRITERS
-
 from threatqa.audit import AuditLog
 
 pytestmark = pytest.mark.browser
@@ -169,7 +169,7 @@ def test_citation_click_scrolls_the_marked_span_into_view(page: Any) -> None:
         "() => { const r = document.getElementById('passage').getBoundingClientRect();"
         " return [r.top, r.bottom, innerHeight, scrollY]; }"
     )
-    top, bottom, height, scrolled = box
+    top, bottom, height, _scrolled = box
     assert top < height and bottom > 0, box  # the marked span is on screen
     assert context.locator("mark#passage").count() == 1
     assert "Hostile states" in context.locator("mark#passage").inner_text() or "hostile" in context.content()
@@ -271,8 +271,11 @@ def _axe(page: Any) -> list[dict[str, Any]]:
              ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}})).violations"""
     )
     return [
-        {"id": v["id"], "impact": v["impact"], "nodes": [(n["target"], n["html"][:160], n.get("failureSummary"))
-                                                         for n in v["nodes"]][:5]}
+        {
+            "id": v["id"],
+            "impact": v["impact"],
+            "nodes": [(n["target"], n["html"][:160], n.get("failureSummary")) for n in v["nodes"]][:5],
+        }
         for v in found
         if v["impact"] in ("serious", "critical")
     ]
