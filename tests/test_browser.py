@@ -54,10 +54,16 @@ $$\\frac{1}{0}$$ and <iframe src="http://127.0.0.2/"></iframe> end the advisory.
 MARKDOWN_QUESTION = "What does the phishing kit advisory say about counterfeit parcel notices?"
 MARKUP_LITERALS = (
     "[track your parcel](javascript:alert(3))", '<a href="javascript:alert(4)">login</a>',
-    '<form action="http://127.0.0.2/steal">', '<div style="position:fixed;', "```mermaid", "$$\\frac{1}{0}$$",
+    '<form action="http://127.0.0.2/steal">', '<div style="position:fixed;', "$$\\frac{1}{0}$$",
+    # a reply shows Markdown as read (ingest_display): a fence as its content, never drawn as a diagram
+    'graph TD; A-->B; click A callback "javascript:alert(5)"',
     '<iframe src="http://127.0.0.2/"></iframe>',
 )  # fmt: skip
-FROM_DOCUMENT_TEXT = "form, input, iframe, img, script, a, .katex, .mermaid, [style*='position:fixed'], [onerror]"
+# links are only ever ours: the answer's pages and original files, by id
+FOREIGN_LINK = "a:not([href^='answers/']):not([href^='api/documents/'])"
+FROM_DOCUMENT_TEXT = (
+    f"form, input, iframe, img, script, {FOREIGN_LINK}, .katex, .mermaid, [style*='position:fixed'], [onerror]"
+)
 
 
 def _free_port() -> int:
@@ -124,7 +130,7 @@ def test_ask_cite_view_in_context_and_render_markup_literally(server: str) -> No
         _ask(page, "How many people are involved in serious organised crime in the UK?")
         reply = page.locator("#tqa-chat .message.bot").last
         expect(reply).to_contain_text("[1] NCA annual assessment speech 2023-07-17", timeout=30_000)
-        expect(reply).to_contain_text("relevance")
+        expect(reply).to_contain_text("best match")
         expect(reply.locator("mark").first).to_contain_text("59,000 people")
 
         page.get_by_text("View in context").click()
@@ -144,7 +150,8 @@ def test_ask_cite_view_in_context_and_render_markup_literally(server: str) -> No
             assert literal in shown
         expect(page.locator("#tqa-context")).to_contain_text("<script>alert(2)</script>")
         assert page.locator("#tqa-chat img, #tqa-context img").count() == 0
-        assert page.locator("#tqa-chat script, #tqa-context script, #tqa-chat .katex, #tqa-chat a").count() == 0
+        assert page.locator("#tqa-chat script, #tqa-context script, #tqa-chat .katex").count() == 0
+        assert page.locator(f"#tqa-chat {FOREIGN_LINK}").count() == 0
         OUTPUT.mkdir(exist_ok=True)
         page.screenshot(path=str(OUTPUT / "hostile-html.png"), full_page=True)
 

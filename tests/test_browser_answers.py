@@ -84,8 +84,19 @@ def _opens_tab(page: Any, link: Any) -> Any:
     raise AssertionError(f"{link} opened no tab")
 
 
-def _shot(page: Any, name: str) -> None:
+def _shot(page: Any, name: str, fresh: bool = False) -> None:
+    """Screenshots at desktop and phone size; `fresh`: the page is opened anew at each size (as a
+    reader would open it, so that its own scrolling runs at that size)."""
     OUTPUT.mkdir(exist_ok=True)
+    if fresh:
+        for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+            opened = page.context.new_page()
+            opened.set_viewport_size(viewport)
+            opened.goto(page.url)
+            opened.wait_for_timeout(300)
+            opened.screenshot(path=str(OUTPUT / f"{name}-{size}.png"))
+            opened.close()
+        return
     for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         page.set_viewport_size(viewport)
         page.wait_for_timeout(300)
@@ -173,7 +184,7 @@ def test_citation_click_scrolls_the_marked_span_into_view(page: Any) -> None:
     assert top < height and bottom > 0, box  # the marked span is on screen
     assert context.locator("mark#passage").count() == 1
     assert "Hostile states" in context.locator("mark#passage").inner_text() or "hostile" in context.content()
-    _shot(context, "context")
+    _shot(context, "context", fresh=True)
     with context.expect_response(lambda response: "/file" in response.url) as response:
         context.get_by_role("link", name="original file").click()
     assert response.value.ok and "/api/documents/" in response.value.url
@@ -197,7 +208,7 @@ def test_permalink_re_renders_the_answer_with_verify_status(page: Any, served: t
     assert {c["source"] for c in exported["passages"][0]["also_in"]} | {exported["passages"][0]["source"]} >= set(
         REPORT_FILES
     )
-    _shot(permalink, "permalink")
+    _shot(permalink, "permalink", fresh=True)
     permalink.close()
 
 

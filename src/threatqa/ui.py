@@ -53,6 +53,10 @@ mark { background: #fde68a; color: #1f2937; padding: 0 1px; }
 #tqa-hint p { color: #92400e; margin: 0; }
 #tqa-chat blockquote { margin-left: 0; }
 #tqa-only input, #tqa-pick input { color: #374151; }
+@media (max-width: 640px) {
+  #tqa-chat .message-row { margin: 8px 2px; }
+  #tqa-chat .message-row .message { padding: 2px 4px; }
+}
 #tqa-only input::placeholder, #tqa-question textarea::placeholder { color: #6b7280; }
 """
 MAX_HISTORY = 200  # chat messages kept in a session
@@ -134,7 +138,7 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
                     autoscroll=False,
                 )  # fmt: skip
                 question = gr.Textbox(
-                    label="Your question", placeholder="Ask a question about the documents…", lines=1,
+                    label="Your question", placeholder="Ask a question…", lines=1,
                     elem_id="tqa-question", submit_btn="Ask", autofocus=True,
                 )  # fmt: skip
                 hint = gr.Markdown("", elem_id="tqa-hint", latex_delimiters=[])
