@@ -53,7 +53,11 @@ def serving(root: Path, docs: Path, env_extra: dict[str, str] | None = None) -> 
         yield url
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:  # an open event stream can hold a graceful shutdown up
+            process.kill()
+            process.wait(10)
         log.close()
 
 
