@@ -179,6 +179,17 @@ class Settings(BaseSettings):
         description="Index files in the docs folder that are symbolic links to files outside it (off: such links "
         "are skipped with a warning, so a link to /etc/passwd is never indexed).",
     )
+    policy: str = Field(
+        "",
+        description="Need-to-know policy file (TOML: globs on document paths to the groups that may read them, "
+        "a default; see policy.py); when named it must exist. Empty: `threatqa-policy.toml` beside the docs folder "
+        "if there is one; without a policy every document is readable by every user.",
+    )
+    default_label: Literal["deny", "open"] = Field(
+        "deny",
+        description="Under a policy, who may read a document that neither the policy's rules nor its front matter "
+        "label, when the policy file sets no default: deny (no one) or open (anyone).",
+    )
 
     def question_threads(self) -> int:
         """Threads of one question in PyTorch, ONNX Runtime and FAISS."""

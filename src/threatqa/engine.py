@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from threatqa.answer import Answer, build_answer, collapse
 from threatqa.audit import AuditLog
@@ -24,7 +25,9 @@ from threatqa.embeddings import (
 from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable, QuestionError, QuestionTooLong, ThreatQAError
 from threatqa.index import BuildReport, DocumentInfo, Index, build_index, current_version, is_stale, open_index
 from threatqa.ingest import IngestLimits
+from threatqa.lexical_subset import Statistics
 from threatqa.manifest import check_model
+from threatqa.policy import Access, Labels, label_documents, load_policy, policy_path
 from threatqa.retrieval import Retriever
 
 
@@ -54,6 +57,20 @@ class _Live:
     notices: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class _Labelled:
+    """Every document's label under the policy, for one index version and one state of the policy file,
+    with each readable set's documents and BM25 statistics as they are first needed (`Engine._readable`)."""
+
+    index: Index
+    stamp: tuple[int, ...] | None  # the policy file's (mtime, size, inode); None: no file
+    labels: Labels
+    subsets: dict[tuple[str, ...], tuple[frozenset[str], Statistics]]
+
+
+SUBSETS_KEPT = 64  # readable sets (distinct combinations of labels) whose statistics are kept
+
+
 class Engine:
     """Answers questions from one index; picks up a newer index version between questions."""
 
@@ -67,6 +84,9 @@ class Engine:
         self.audit = AuditLog(settings.audit, settings.audit_key)
         self._lock = threading.Lock()
         self._refused: dict[str, str] = {}  # versions that failed to load or were found damaged, and why
+        self._policy_file = policy_path(settings.docs, settings.policy)
+        self._labelled: _Labelled | None = None
+        self._policy_lock = threading.Lock()
 
     @classmethod
     def start(cls, settings: Settings, build: str = "missing", log: Callable[[str], None] = _stderr) -> Engine:
@@ -112,6 +132,9 @@ class Engine:
         retriever = _retriever(settings, index, embedder, reranker)
         set_compute_threads(settings.question_threads())
         engine = cls(settings, retriever, notices, embedder)
+        labels = engine.labels()  # a bad policy file stops the start, not the first question
+        if labels.policy is not None:
+            log(f"threatqa: need-to-know policy {engine._policy_file} (version {labels.policy.version[:12]})")
         for message in engine._live.notices:
             log(f"threatqa: {message}")
         return engine
@@ -124,15 +147,58 @@ class Engine:
     def retriever(self) -> Retriever:
         return self._live.retriever
 
-    def status(self) -> Status:
+    def status(self, access: Access | None = None) -> Status:
+        """What is running; documents and passages are those `access` may read when a policy exists."""
         live = self._live
         index = live.retriever.index
-        return Status(live.retriever.mode, len(live.documents), len(index), index.version,
+        docs, subset = self._readable(live, access)
+        return Status(live.retriever.mode, len(docs), len(index) if subset is None else subset.count, index.version,
                       index.manifest.model if live.retriever.embedder else None,
                       tuple(dict.fromkeys(self.notices + live.notices)))  # fmt: skip
 
-    def documents(self) -> list[DocumentInfo]:
-        return list(self._live.documents.values())
+    def documents(self, access: Access | None = None) -> list[DocumentInfo]:
+        """The indexed documents; under a policy, only those `access` may read (none given: the open ones)."""
+        return list(self._readable(self._live, access)[0].values())
+
+    def labels(self) -> Labels:
+        """Every document's label under the policy file as it is now (recomputed when it changes)."""
+        return self._labelling(self._live).labels
+
+    def _labelling(self, live: _Live) -> _Labelled:
+        """The labels for this index version and the policy file as it is now: worked out again when
+        either changed (labels are metadata: no re-embedding). A policy file that cannot be read or
+        parsed raises ConfigError, so nothing is answered under a policy half understood."""
+        stamp = _stamp(self._policy_file)
+        state = self._labelled
+        if state is not None and state.index is live.retriever.index and state.stamp == stamp:
+            return state
+        with self._policy_lock:
+            required = bool(self.settings.policy)
+            policy = load_policy(self._policy_file, self.settings.default_label, required)
+            index = live.retriever.index
+            documents = ((d.id, d.path, _opening(index, d)) for d in live.documents.values())
+            state = _Labelled(index, stamp, label_documents(policy, documents), {})
+            self._labelled = state
+            return state
+
+    def _readable(self, live: _Live, access: Access | None) -> tuple[dict[str, DocumentInfo], Statistics | None]:
+        """The documents `access` may read and their passages' BM25 statistics (None: no policy,
+        everything is readable). Each readable set is worked out once per index version and policy."""
+        state = self._labelling(live)
+        if state.labels.policy is None:
+            return live.documents, None
+        key = state.labels.key(access)
+        found = state.subsets.get(key)
+        if found is None:
+            readable = state.labels.readable(access) or frozenset()
+            ids = sorted(readable)
+            found = frozenset(ids), live.retriever.subset(ids)
+            with self._policy_lock:
+                while len(state.subsets) >= SUBSETS_KEPT:
+                    state.subsets.pop(next(iter(state.subsets)))
+                state.subsets[key] = found
+        ids, subset = found
+        return {doc_id: d for doc_id, d in live.documents.items() if doc_id in ids}, subset
 
     def ask(
         self,
@@ -141,8 +207,13 @@ class Engine:
         documents: list[str] | None = None,
         user: str | None = None,
         channel: str = "cli",
+        access: Access | None = None,
     ) -> Answer:
         """Answer one question with quoted, cited passages (or abstain), logged in the audit log.
+
+        Under a need-to-know policy only the documents `access` may read are searched (no access: the
+        open ones), as if the index held nothing else: passages, scores, abstention and the documents
+        searched are those of an index of the readable documents alone (policy.py).
 
         Raises QuestionError for a request outside the limits (`check_request`) and AuditError when
         the record cannot be written: no answer goes out unrecorded."""
@@ -150,7 +221,7 @@ class Engine:
             self.reload()
             live = self._live  # one consistent index version for the whole answer
             try:
-                answer, k = self._answer(live, question, k, documents)
+                answer, k = self._answer(live, question, k, documents, access)
                 break
             except IndexMismatch as exc:  # found damaged while reading: answer from the previous version
                 live.retriever.index.damage = str(exc)
@@ -158,21 +229,29 @@ class Engine:
                 if attempt:
                     raise
         settings = {"k": k, "documents": documents or [], "mode": live.retriever.mode, **self._audit_settings()}
+        policy = self._labelled.labels.policy if self._labelled is not None else None
+        if policy is not None:  # who asked under which policy (records without a policy are unchanged)
+            groups = sorted(access.groups) if access is not None else []
+            settings |= {"policy_version": policy.version, "groups": groups}
         payload = answer.to_json() | {"settings": settings}
+        user = user if user is not None or access is None else access.user
         self.audit.append("answer", answer.question, payload, user=user, channel=channel, record_id=answer.id)
         return answer
 
-    def _answer(self, live: _Live, question: str, k: int | None, documents: list[str] | None) -> tuple[Answer, int]:
-        retriever, docs = live.retriever, live.documents
-        k = self.check_request(question, k, documents, docs)
+    def _answer(
+        self, live: _Live, question: str, k: int | None, documents: list[str] | None, access: Access | None = None
+    ) -> tuple[Answer, int]:
+        docs, subset = self._readable(live, access)
+        retriever = live.retriever
+        k = self.check_request(question, k, documents, docs)  # a document the user may not read is unknown
         fetch = k
-        result = retriever.search(question, fetch, documents)
+        result = retriever.search(question, fetch, documents, subset)
         for _ in range(3):  # copies of one text (a report in several formats) are one passage: fetch until k distinct
             distinct = len(collapse(result.hits, docs))
             if distinct >= k or len(result.hits) < fetch:
                 break
             fetch = min(fetch * k // max(1, distinct) + k, 4 * MAX_K)
-            result = retriever.search(question, fetch, documents)
+            result = retriever.search(question, fetch, documents, subset)
         searched = tuple(d.path for d in docs.values() if not documents or d.id in documents or d.path in documents)
         model = retriever.index.manifest.model if retriever.embedder else None
         result = replace(result, notices=result.notices + live.notices)
@@ -277,6 +356,25 @@ class Engine:
 
 MAX_K = 100  # passages per answer, whatever the front end
 MAX_DOCUMENT_FILTER = 1000  # entries in a request's document filter
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """What tells a changed policy file from the one read: its modification time, size and inode."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size, found.st_ino
+
+
+FRONT_MATTER_SUFFIXES = (".md", ".markdown")  # the formats whose front matter ingestion reads (ingest_formats)
+
+
+def _opening(index: Index, document: DocumentInfo) -> str:
+    """The opening of a document's text, where its front matter is (only read for formats that have it)."""
+    if not document.path.lower().endswith(FRONT_MATTER_SUFFIXES):
+        return ""
+    return index.document(document.id).text[:8192]
 
 
 def _kind(value: object) -> str:

@@ -44,6 +44,7 @@ from threatqa.chunking import Span, paragraphs, sentences
 from threatqa.errors import IndexMismatch
 from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _mean, _segment_sums, _sum_by_passage
 from threatqa.lexical_chars import CharView, CharWriter, _ngram_counts, _open
+from threatqa.lexical_subset import Statistics, word_statistics
 
 SENTENCE_WEIGHT = 0.5
 CHAR_CANDIDATES = 200  # passages (best by the word view) that the character view re-scores
@@ -322,24 +323,45 @@ class LexicalIndex:
         stems = word_tokens(question) if isinstance(question, str) else question
         return np.array([self.vocabulary[t] for t in stems if t in self.vocabulary], dtype=np.int64)
 
-    def search(self, question: str, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The k best passage rows and their scores (only rows where mask is True, if given).
+    def statistics(self, mask: np.ndarray) -> Statistics:
+        """BM25 statistics of the passages where mask is True, as an index of them alone would hold
+        them (lexical_subset.py): a search with them scores exactly as that index would."""
+        mask = np.asarray(mask, dtype=bool)
+        per_passage = self.sentence_ends - self.sentence_starts
+        df, idf, means = word_statistics(self.words.indptr, self.posting_owner, self.lengths, per_passage, mask)
+        chars = self.chars.statistics(self.sentence_starts, self.sentence_ends, mask)
+        return Statistics(mask, int(mask.sum()), df, idf, means, chars)
+
+    def search(
+        self, question: str, k: int, mask: np.ndarray | None = None, subset: Statistics | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best passage rows and their scores (only rows where mask is True, if given). With a
+        subset's statistics, only its passages are searched (and mask's, if given), scored as in an
+        index of its passages alone.
 
         A question of stopwords only has nothing to search for, even though its character
         n-grams would match almost every passage."""
         stems = word_tokens(question)
-        if not self.count or not stems:
+        if subset is not None:
+            mask = subset.mask if mask is None else mask & subset.mask
+        if not self.count or not stems or (subset is not None and not subset.count):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         scratch = self._take_scratch()
-        result = self._search(question, self.terms(stems), k, mask, scratch)
+        result = self._search(question, self.terms(stems), k, mask, scratch, subset)
         self._free.put(scratch)  # only after a completed search, which leaves it zeroed again
         return result
 
     def _search(
-        self, question: str, terms: np.ndarray, k: int, mask: np.ndarray | None, scratch: _Scratch
+        self,
+        question: str,
+        terms: np.ndarray,
+        k: int,
+        mask: np.ndarray | None,
+        scratch: _Scratch,
+        subset: Statistics | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        rows, word = self._word_scores(terms, scratch, mask, max(k, CHAR_CANDIDATES))
-        if len(rows) < k and self.count <= CHAR_CANDIDATES * 10:
+        rows, word = self._word_scores(terms, scratch, mask, max(k, CHAR_CANDIDATES), subset)
+        if len(rows) < k and (self.count if subset is None else subset.count) <= CHAR_CANDIDATES * 10:
             # too few passages share a word with the question: in a small index, let the character
             # view find the nearest ones (partial words), so there is something to show
             allowed = np.flatnonzero(mask) if mask is not None else np.arange(self.count)
@@ -349,8 +371,9 @@ class LexicalIndex:
             rows, word = rows[order], word[order]
         if not len(rows):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        chars = None if subset is None else subset.chars
         passage, sentence = self.chars.scores(
-            _ngram_counts(question), self.sentence_starts[rows], self.sentence_ends[rows], scratch.reads
+            _ngram_counts(question), self.sentence_starts[rows], self.sentence_ends[rows], scratch.reads, chars
         )
         combined = _scaled(word) + _scaled(passage + SENTENCE_WEIGHT * sentence)
         keep = combined > 0
@@ -372,37 +395,46 @@ class LexicalIndex:
             return _Scratch.create(self.count, self.largest)
 
     def _word_scores(
-        self, terms: np.ndarray, scratch: _Scratch, mask: np.ndarray | None = None, keep: int | None = None
+        self,
+        terms: np.ndarray,
+        scratch: _Scratch,
+        mask: np.ndarray | None = None,
+        keep: int | None = None,
+        subset: Statistics | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows sharing a stem with the question (only where mask is True, if given) and their word-view
         score, BM25 + half the best sentence's; the best `keep` of them (ties to the lower row), in row order."""
         words = self.words
+        idf, means = (self.idf, self.means) if subset is None else (subset.idf, subset.means)
         return _word_kernel(  # type: ignore[no-any-return]
-            terms, words.indptr, words.sentences, words.counts, self.posting_owner, self.idf, self.lengths,
-            self.means, scratch.scores, scratch.found, _NO_MASK if mask is None else mask,
+            terms, words.indptr, words.sentences, words.counts, self.posting_owner, idf, self.lengths,
+            means, scratch.scores, scratch.found, _NO_MASK if mask is None else mask,
             self.count if keep is None else keep,
         )  # fmt: skip
 
-    def word_weights(self, words: list[str]) -> np.ndarray:
-        """The IDF of each word's stem over the passages; a word the index does not know weighs as
-        much as the rarest possible term (as in `coverage`)."""
+    def word_weights(self, words: list[str], subset: Statistics | None = None) -> np.ndarray:
+        """The IDF of each word's stem over the passages (a subset's, when given); a word the index does
+        not know weighs as much as the rarest possible term (as in `coverage`)."""
         columns = np.array([self.vocabulary.get(_stem(w), -1) for w in words], dtype=np.int64)
-        return _idf(self._df(columns), self.count)
+        return _idf(self._df(columns, subset), self.count if subset is None else subset.count)
 
-    def _df(self, columns: np.ndarray) -> np.ndarray:
-        """The passages that have each stem column (0 for a column below 0: a stem the index lacks)."""
-        return np.where(columns >= 0, self.words.df[np.maximum(columns, 0)] if len(self.words.df) else 0, 0)
+    def _df(self, columns: np.ndarray, subset: Statistics | None = None) -> np.ndarray:
+        """The passages (a subset's, when given) that have each stem column (0 for a column below 0: a
+        stem the index lacks)."""
+        df = self.words.df if subset is None else subset.df
+        return np.where(columns >= 0, df[np.maximum(columns, 0)] if len(df) else 0, 0)
 
-    def coverage(self, question: str, rows: list[int]) -> list[float]:
+    def coverage(self, question: str, rows: list[int], subset: Statistics | None = None) -> list[float]:
         """For each passage row: the share of the question's IDF mass (distinct word stems) it contains.
 
         Terms unknown to the index weigh as much as the rarest possible term, so a question about
-        something the documents never mention scores near zero."""
+        something the documents never mention scores near zero. With a subset's statistics, the
+        weights are those of an index of its passages alone."""
         stems = list(dict.fromkeys(word_tokens(question)))
         if not stems:
             return [0.0] * len(rows)
         columns = np.array([self.vocabulary.get(stem, -1) for stem in stems], dtype=np.int64)
-        weights = _idf(self._df(columns), self.count)
+        weights = _idf(self._df(columns, subset), self.count if subset is None else subset.count)
         rows_ = np.asarray(rows, dtype=np.int64)
         found = _contains(self.words.indptr, self.words.sentences, columns, self.sentence_starts[rows_],
                           self.sentence_ends[rows_])  # fmt: skip

@@ -37,6 +37,7 @@ from sklearn.utils import murmurhash3_32
 
 from threatqa.dense import load_array
 from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _sum_by_passage
+from threatqa.lexical_subset import CharStatistics, char_statistics
 
 CHAR_NGRAMS = (3, 5)  # n-gram sizes, inclusive
 HASH_BITS = 20  # n-gram hashes are below 2**20
@@ -253,27 +254,44 @@ class CharView:
         """The most bytes of any of these passages (sentences firsts[i] .. lasts[i] - 1)."""
         return int((self.indptr[lasts] - self.indptr[firsts]).max(initial=0))
 
-    def weights(self, query: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Each of the question's n-grams' count x IDF, over sentences and over passages."""
+    def weights(
+        self, query: tuple[np.ndarray, np.ndarray], subset: CharStatistics | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each of the question's n-grams' count x IDF, over sentences and over passages (of a subset's
+        passages only, when given)."""
         hashes, counts = query
         df = np.zeros((len(hashes), 2), np.int64)  # an n-gram the corpus lacks is in no text
         if len(self.ngrams):
             at = np.minimum(np.searchsorted(self.ngrams, hashes), len(self.ngrams) - 1)
             known = self.ngrams[at] == hashes
-            df[known] = self.df[at[known]]
-        return counts * _idf(df[:, 0], self.sentences), counts * _idf(df[:, 1], self.passages)
+            df[known] = (self.df if subset is None else subset.df)[at[known]]
+        sentences, passages = (self.sentences, self.passages) if subset is None else (subset.sentences, subset.passages)
+        return counts * _idf(df[:, 0], sentences), counts * _idf(df[:, 1], passages)
+
+    def statistics(self, firsts: np.ndarray, lasts: np.ndarray, mask: np.ndarray) -> CharStatistics:
+        """The view's statistics over the passages where mask is True (sentences firsts[row] .. lasts[row] - 1)."""
+        tokens = np.fromfile(self.file.name, dtype=np.uint8)
+        positions = np.searchsorted(self.ngrams, self.word_ngrams)  # every word's n-grams are the corpus's
+        return char_statistics(tokens, self.indptr, firsts, lasts, self.word_indptr, positions, len(self.ngrams), mask)
 
     def scores(
-        self, query: tuple[np.ndarray, np.ndarray], firsts: np.ndarray, lasts: np.ndarray, buffer: np.ndarray
+        self,
+        query: tuple[np.ndarray, np.ndarray],
+        firsts: np.ndarray,
+        lasts: np.ndarray,
+        buffer: np.ndarray,
+        subset: CharStatistics | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """For passages whose sentences are firsts[i] .. lasts[i] - 1: the BM25 of the question's
         character n-grams (query: their hashes and counts) in each passage and in its best sentence.
         Each passage is read into buffer (bytes, as many as `largest` says), reused from query to
-        query, and scored there while it is in the processor's cache."""
-        in_sentence, in_passage = self.weights(query)
+        query, and scored there while it is in the processor's cache. With a subset's statistics, BM25
+        is that of an index of its passages alone."""
+        in_sentence, in_passage = self.weights(query, subset)
         passages, best, status = _char_kernel(
             self.file.fileno(), self.indptr, firsts, lasts, self.word_indptr, self.word_ngrams,
-            query[0].astype(np.int32), in_sentence, in_passage, self.means, buffer.ctypes.data, buffer,
+            query[0].astype(np.int32), in_sentence, in_passage, self.means if subset is None else subset.means,
+            buffer.ctypes.data, buffer,
         )  # fmt: skip
         if status == -2:
             raise ValueError(f"a buffer of {len(buffer)} bytes is too small for these passages")

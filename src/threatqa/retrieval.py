@@ -36,6 +36,7 @@ from threatqa.dense import term_match
 from threatqa.embeddings import Embedder
 from threatqa.index import Index
 from threatqa.lexical import content_words, word_tokens
+from threatqa.lexical_subset import Statistics
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -81,6 +82,7 @@ class _Read:
 
     passages: dict[int, Chunk] = field(default_factory=dict)
     coverage: dict[int, float] = field(default_factory=dict)
+    subset: Statistics | None = None  # the readable passages' statistics, under a need-to-know policy
 
     def chunks(self, index: Index, rows: list[int]) -> list[Chunk]:
         missing = [row for row in rows if row not in self.passages]
@@ -89,7 +91,7 @@ class _Read:
 
     def covered(self, index: Index, question: str, rows: list[int]) -> list[float]:
         missing = [row for row in rows if row not in self.coverage]
-        self.coverage.update(zip(missing, index.lexical.coverage(question, missing)))
+        self.coverage.update(zip(missing, index.lexical.coverage(question, missing, self.subset)))
         return [self.coverage[row] for row in rows]
 
     def prefetch(self, index: Index, question: str, rows: list[int]) -> None:
@@ -159,31 +161,47 @@ class Retriever:
             mode = "dense" if self.fusion_weight <= 0 else "hybrid"
         return mode + ("+rerank" if self.reranker is not None else "")
 
-    def search(self, question: str, k: int = 5, documents: list[str] | None = None) -> Retrieval:
-        """Top-k passages for a question, optionally restricted to some documents (ids or paths)."""
+    def subset(self, documents: list[str]) -> Statistics:
+        """The passages of these documents (ids or paths) with their own BM25 statistics: given to
+        `search`, it answers exactly as an index of those documents alone would (need-to-know access)."""
+        mask = np.zeros(len(self.index), dtype=bool)
+        for start in range(0, len(documents), 500):  # SQLite binds a limited number of parameters
+            mask[self.index.rows_for_documents(documents[start : start + 500])] = True
+        return self.index.lexical.statistics(mask)
+
+    def search(
+        self, question: str, k: int = 5, documents: list[str] | None = None, subset: Statistics | None = None
+    ) -> Retrieval:
+        """Top-k passages for a question, optionally restricted to some documents (ids or paths), and
+        to a subset of the index (`subset`: the documents a user may read), searched as if the index
+        held only the subset's passages: rows, scores and abstention are that index's."""
         text, notices = clean_question(question, self.max_question_chars)
         if not text:
             return Retrieval(text, (), False, self.mode, (*notices, "the question is empty"))
         mask = self._mask(documents)
+        if subset is not None:
+            if not subset.count:
+                return Retrieval(text, (), False, self.mode, (*notices, "there are no documents you may read"))
+            mask = subset.mask if mask is None else mask & subset.mask
         if mask is not None and not mask.any():
             return Retrieval(text, (), False, self.mode, (*notices, "none of the chosen documents is indexed"))
-        pool, read = max(self.candidates, k * 4), _Read()
+        pool, read = max(self.candidates, k * 4), _Read(subset=subset)
         mode = self.mode.split("+")[0]
         empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         vector, words = None, None
         if mode == "lexical":
-            lex_rows, lex_scores = self.index.lexical.search(text, pool, mask)
+            lex_rows, lex_scores = self.index.lexical.search(text, pool, mask, subset)
             dense_rows, dense_scores = empty
         elif mode == "dense":
             lex_rows, lex_scores = empty
-            vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask)
+            vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask, subset)
         else:
             # whichever side finishes first reads its best passages while the other runs: most answers
             # are among them
             dense_done = threading.Event()
-            lexical = _LEXICAL_POOL.submit(self._lexical, text, pool, mask, 2 * k, dense_done)
+            lexical = _LEXICAL_POOL.submit(self._lexical, text, pool, mask, 2 * k, dense_done, subset)
             try:
-                vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask)
+                vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask, subset)
                 dense_done.set()  # now, not after the reading below: the lexical side need not read too
                 if not lexical.done():
                     read.prefetch(self.index, text, dense_rows[: 2 * k].tolist())
@@ -215,26 +233,33 @@ class Retriever:
         return mask
 
     def _lexical(
-        self, text: str, pool: int, mask: np.ndarray | None, best: int, dense_done: threading.Event
+        self,
+        text: str,
+        pool: int,
+        mask: np.ndarray | None,
+        best: int,
+        dense_done: threading.Event,
+        subset: Statistics | None = None,
     ) -> tuple[np.ndarray, np.ndarray, _Read]:
         """Lexical rows and scores, with the best rows' passages read when the dense side is still running."""
-        rows, scores = self.index.lexical.search(text, pool, mask)
-        read = _Read()
+        rows, scores = self.index.lexical.search(text, pool, mask, subset)
+        read = _Read(subset=subset)
         if not dense_done.is_set():
             read.prefetch(self.index, text, rows[:best].tolist())
         return rows, scores, read
 
     def _dense(
-        self, text: str, pool: int, mask: np.ndarray | None
+        self, text: str, pool: int, mask: np.ndarray | None, subset: Statistics | None = None
     ) -> tuple[np.ndarray, _Words | None, tuple[np.ndarray, np.ndarray]]:
         """The question's vector, its words for term matching, and the rows and cosines of its best
         passages."""
-        vector, words = self._embed(text)
+        vector, words = self._embed(text, subset)
         return vector, words, self.index.dense.search(vector, pool, mask)  # type: ignore[union-attr]
 
-    def _embed(self, text: str) -> tuple[np.ndarray, _Words | None]:
-        """The question's vector and its content words' vectors and weights: the question and its
-        words unknown to the corpus are embedded in one call, the others read from the index."""
+    def _embed(self, text: str, subset: Statistics | None = None) -> tuple[np.ndarray, _Words | None]:
+        """The question's vector and its content words' vectors and weights (IDF over the subset's
+        passages, when given): the question and its words unknown to the corpus are embedded in one
+        call, the others read from the index."""
         terms = self.index.dense.terms  # type: ignore[union-attr]
         words = content_words(text) if terms is not None else []
         unknown = [w for w in words if w not in terms.position] if terms is not None else []
@@ -242,7 +267,7 @@ class Retriever:
         if terms is None or not words:
             return vectors[:1], None
         known = [w for w in words if w in terms.position]
-        weights = self.index.lexical.word_weights(known + unknown)
+        weights = self.index.lexical.word_weights(known + unknown, subset)
         return vectors[:1], _Words(np.vstack([terms.of(known), vectors[1:]]), weights)
 
     def _collect(

@@ -1,0 +1,206 @@
+"""Need-to-know access (issue 16): labels from the policy file and front matter, and the
+equivalence that proves a restricted document cannot leak into an answer: for every user, every
+answer (passages, order, scores, answered or not, documents searched) equals the answer of an
+index built from only the documents that user may read."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from threatqa.config import Settings
+from threatqa.engine import Engine
+from threatqa.errors import ConfigError, QuestionError
+from threatqa.evaluation import default_eval_dir, dev_sets, load_abstention
+from threatqa.policy import POLICY_FILE, Access, Label, front_matter_groups, load_policy, parse_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ("alpha", "bravo", "charlie")
+POLICY = "\n".join(f'[[rule]]\npaths = ["{label}/*"]\ngroups = ["{label}"]\n' for label in LABELS)
+USERS = {  # name -> groups: one label, two, all three, one with a group no document has
+    "ann": {"alpha"},
+    "bob": {"bravo", "charlie"},
+    "cat": set(LABELS),
+    "dan": {"charlie", "nobody"},
+}
+QUIET = {"log": lambda message: None}
+
+
+def _documents() -> tuple[dict[str, str], list[tuple[str, list[str]]]]:
+    """The shared eval sets' documents, each article cut into documents of three paragraphs (so that
+    a random split has many documents to split), and all their questions, with off-topic ones."""
+    eval_dir = default_eval_dir()
+    if not (eval_dir / "squad2-dev-subset.json").is_file():
+        pytest.skip(f"no shared eval data at {eval_dir}")
+    documents, questions = {}, []
+    for eval_set in dev_sets(eval_dir, ROOT / "docs"):
+        questions.extend(eval_set.questions)
+        for name, text in eval_set.documents.items():
+            parts = text.split("\n\n")
+            for i in range(0, len(parts), 3):
+                documents[f"{Path(name).stem}-{i // 3:02d}.txt"] = "\n\n".join(parts[i : i + 3])
+    # and questions the documents do not answer (tests/data/abstention.jsonl), so that abstentions are compared too
+    questions.extend((row["q"], []) for row in load_abstention() if row["kind"] != "on-topic")
+    return documents, questions
+
+
+def _engine(folder: Path, files: dict[str, str], policy: str | None, **settings: object) -> Engine:
+    docs = folder / "docs"
+    for path, text in files.items():
+        (docs / path).parent.mkdir(parents=True, exist_ok=True)
+        (docs / path).write_text(text, encoding="utf-8")
+    if policy is not None:
+        (folder / POLICY_FILE).write_text(policy, encoding="utf-8")
+    run = Settings.load(docs=docs, index=folder / "index", audit=folder / "audit.sqlite3", model="", **settings)
+    return Engine.start(run, build="missing", **QUIET)
+
+
+def _shown(answer: object) -> dict[str, object]:
+    """Everything an answer tells its reader, less the index version and record id (which name the build)."""
+    data = answer.to_json()  # type: ignore[attr-defined]
+    for passage in data["passages"]:
+        passage.pop("index_version", None)
+        for other in passage.get("also", []):
+            other.pop("index_version", None)
+    return {key: value for key, value in data.items() if key not in ("id", "index_version")}
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], list[tuple[str, list[str]]]]:
+    """The eval documents split at random (seeded) into three labels, as folders named by the labels."""
+    documents, questions = _documents()
+    rng = random.Random(16)
+    files = {f"{rng.choice(LABELS)}/{name}": text for name, text in sorted(documents.items())}
+    return tmp_path_factory.mktemp("policy"), files, questions
+
+
+def test_every_answer_equals_an_index_of_the_readable_documents(split) -> None:
+    folder, files, questions = split
+    assert {path.split("/")[0] for path in files} == set(LABELS)
+    engine = _engine(folder / "all", files, POLICY)
+    assert engine.labels().policy is not None
+    for user, groups in USERS.items():
+        readable = {path: text for path, text in files.items() if path.split("/")[0] in groups}
+        reference = _engine(folder / user, readable, None)
+        access = Access.of(user, groups)
+        assert [d.path for d in engine.documents(access)] == [d.path for d in reference.documents()]
+        assert engine.status(access).passages == reference.status().passages
+        answered = 0
+        for question, _ in questions:
+            got = _shown(engine.ask(question, k=5, access=access))
+            assert got == _shown(reference.ask(question, k=5)), (user, question)
+            answered += got["answered"]
+        assert 0 < answered < len(questions)  # the comparison covered answers and abstentions
+        # a document filter inside the readable set, and one naming a document the user may not read
+        chosen = sorted(readable)[:2]
+        assert _shown(engine.ask(questions[0][0], access=access, documents=chosen)) == _shown(
+            reference.ask(questions[0][0], documents=chosen)
+        )
+        hidden = next((path for path in files if path not in readable), None)
+        if hidden is None:  # cat reads everything
+            continue
+        with pytest.raises(QuestionError, match="unknown document") as refused:
+            engine.ask(questions[0][0], access=access, documents=[hidden])
+        with pytest.raises(QuestionError) as unknown:
+            engine.ask(questions[0][0], access=access, documents=["no/such-document.txt"])
+        assert str(refused.value).replace(hidden, "X") == str(unknown.value).replace("no/such-document.txt", "X")
+
+
+def test_without_groups_nothing_restricted_is_searched(split) -> None:
+    folder, files, questions = split
+    engine = _engine(folder / "nobody", files, POLICY)
+    for access in (None, Access.of("eve")):
+        answer = engine.ask(questions[0][0], access=access)
+        assert not answer.answered and answer.passages == () and answer.searched == ()
+        assert engine.documents(access) == [] and engine.status(access).documents == 0
+
+
+def test_no_policy_file_reads_everything(split) -> None:
+    folder, files, questions = split
+    engine = _engine(folder / "open", files, None)
+    assert engine.labels().policy is None
+    assert engine.documents(Access.of("eve")) == engine.index.documents()
+    assert _shown(engine.ask(questions[1][0], access=Access.of("eve"))) == _shown(engine.ask(questions[1][0]))
+
+
+def test_a_policy_change_takes_effect_without_reindexing(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, {"a/one.txt": "Cocaine seizures rose.", "b/two.txt": "Fraud losses grew."}, POLICY)
+    version = engine.index.version
+    ann = Access.of("ann", ["alpha"])
+    assert engine.documents(ann) == []  # folders a/ and b/ match no rule: the default, deny
+    (tmp_path / POLICY_FILE).write_text('default = "open"\n' + POLICY, encoding="utf-8")
+    assert [d.path for d in engine.documents(ann)] == ["a/one.txt", "b/two.txt"]
+    (tmp_path / POLICY_FILE).write_text('[[rule]]\npaths = "a/*"\ngroups = "alpha"\n', encoding="utf-8")
+    assert [d.path for d in engine.documents(ann)] == ["a/one.txt"]
+    assert engine.ask("fraud losses", access=ann).searched == ("a/one.txt",)
+    assert engine.index.version == version
+    record = engine.audit.get(engine.ask("cocaine", access=ann).id)  # type: ignore[arg-type]
+    assert record.user == "ann"
+    (tmp_path / POLICY_FILE).write_text("rule = [", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):  # fails closed: no answer under a broken policy
+        engine.ask("cocaine", access=ann)
+
+
+def test_front_matter_labels_win_over_rules(tmp_path: Path) -> None:
+    files = {
+        "alpha/open.md": "---\ntitle: Open\ngroups: open\n---\n\nCocaine seizures rose.\n",
+        "alpha/both.md": "---\ngroups: [bravo, charlie]\n---\n\nFraud losses grew.\n",
+        "alpha/rule.md": "# By rule\n\nFirearms were found.\n",
+        "elsewhere.txt": "---\ngroups: alpha\n---\nNot markdown: its front matter is not read.\n",
+    }
+    engine = _engine(tmp_path, files, POLICY)
+    labels = {engine.index.documents()[i].path: label for i, label in enumerate(_labels_in_order(engine))}
+    assert labels["alpha/open.md"].open and labels["alpha/open.md"].source == "front matter"
+    assert labels["alpha/both.md"].groups == {"bravo", "charlie"}
+    assert labels["alpha/rule.md"].name == "alpha" and labels["alpha/rule.md"].source == "rule 1"
+    assert labels["elsewhere.txt"].name == "deny"
+    assert [d.path for d in engine.documents(Access.of("x", ["charlie"]))] == ["alpha/both.md", "alpha/open.md"]
+
+
+def _labels_in_order(engine: Engine) -> list[Label]:
+    by_id = engine.labels().by_document
+    return [by_id[d.id] for d in engine.index.documents()]
+
+
+def test_policy_files_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / POLICY_FILE
+    assert load_policy(path) is None
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_policy(path, required=True)
+    for text, problem in [
+        ('default = "maybe"', "default is 'maybe'; valid: open, deny"),
+        ('rules = "x"', "unknown key"),
+        ('[[rule]]\npaths = "x"', "exactly the keys paths and groups"),
+        ("[[rule]]\npaths = []\ngroups = ['a']", "strings or lists of strings"),
+    ]:
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match=problem):
+            load_policy(path)
+    path.write_text('[[rule]]\npaths = ["x/*", "*.pdf"]\ngroups = ["a", "open"]\n', encoding="utf-8")
+    policy = load_policy(path, "open")
+    assert policy is not None and policy.label("x/y/z.txt").open and policy.label("q.txt").source == "default"
+    assert policy.version != parse_policy({}, "deny", "0").version
+    assert parse_policy({}, "open", "0").version != parse_policy({}, "deny", "0").version
+
+
+def test_front_matter_forms() -> None:
+    assert front_matter_groups("---\ngroups: a, b\n---\n") == ["a", "b"]
+    assert front_matter_groups("---\ngroups: ['a']\n---\n") == ["a"]
+    assert front_matter_groups("---\ntitle: x\ngroups:\n  - a\n  - b\ndate: 2024\n---\n") == ["a", "b"]
+    assert front_matter_groups("no front matter\ngroups: a\n") is None
+    assert front_matter_groups("---\ntitle: x\n---\ngroups: a\n") is None
+
+
+def test_equivalence_copes_with_an_empty_subset_and_copies(tmp_path: Path) -> None:
+    """Copies of one text in two labels: each user sees the copy they may read, scored as alone."""
+    text = "Organised crime groups exploit vulnerable people.\n\nThey launder money through cash businesses."
+    files = {"alpha/report.txt": text, "bravo/report.txt": text, "charlie/other.txt": "Cyber crime costs grew."}
+    engine = _engine(tmp_path / "all", files, POLICY)
+    reference = _engine(tmp_path / "ref", {"bravo/report.txt": text}, None)
+    bob = Access.of("bob", ["bravo"])
+    question = "How is money laundered?"
+    assert _shown(engine.ask(question, access=bob)) == _shown(reference.ask(question))
+    shutil.rmtree(tmp_path / "ref")
