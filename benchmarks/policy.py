@@ -1,0 +1,129 @@
+"""The cost of need-to-know filtering (issue 16): question p50 for users with 1, 3 and 30 groups
+against the same index without a policy.
+
+    python benchmarks/policy.py --passages 100000 [--mode lexical|hybrid] [--keep DIR]
+
+A docs folder of generated passages (real SQuAD sentences, 100 a file) is indexed once; its files
+are spread over 30 folders g00..g29, and a policy file gives folder gNN to group gNN. One process
+opens the index twice, without and with the policy, and times on each SQuAD question, in turn, a
+search and answer as `Engine.ask` makes it without its audit record (`Engine._answer`): no policy,
+then users in groups g00; g00-g02; g00-g29 (everything readable, so BM25 statistics over the
+subset equal the full index's and the answers are the same). The first question of each readable
+set works out its BM25 statistics (lexical_subset.py, kept for the next questions): timed apart.
+
+In hybrid mode the vectors are real-structured but synthetic (query.py's SyntheticEmbedder over a
+random-weight MiniLM-L6 architecture, ONNX int8); in lexical mode there is no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import passages, peak_rss_mb, squad_questions, table, time_interleaved
+
+from threatqa.config import Settings
+from threatqa.engine import Engine
+from threatqa.index import DenseConfig, build_index
+from threatqa.policy import Access
+
+PER_FILE = 100
+GROUPS = 30
+USERS = {"1 group": 1, "3 groups": 3, "30 groups": 30}
+
+
+def build(n: int, folder: Path, mode: str) -> dict[str, object]:
+    docs = folder / "docs"
+    texts = passages(n, seed=3)
+    for i in range(0, n, PER_FILE):
+        number = i // PER_FILE
+        path = docs / f"g{number % GROUPS:02d}" / f"report-{number:06d}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n\n".join(texts[i : i + PER_FILE]), encoding="utf-8")
+    rules = [f'[[rule]]\npaths = ["g{g:02d}/*"]\ngroups = ["g{g:02d}"]\n' for g in range(GROUPS)]
+    (folder / "policy.toml").write_text("\n".join(rules), encoding="utf-8")
+    embedder, model = None, ""
+    if mode == "hybrid":
+        from embed import MODELS
+        from models import build_model
+        from query import SyntheticEmbedder
+
+        from threatqa.embeddings import load_embedder
+
+        model = str(build_model("all-MiniLM-L6-v2", MODELS))
+        embedder = SyntheticEmbedder(load_embedder(model, backend="onnx"))
+    t = time.perf_counter()
+    report = build_index(docs, folder / "index", embedder, warn=lambda m: None, dense=DenseConfig(),
+                         allow_lexical=mode == "lexical")  # type: ignore[arg-type]  # fmt: skip
+    return {"build_s": time.perf_counter() - t, "passages": report.passages, "model": model, "mode": mode}
+
+
+def measure(folder: Path, built: dict[str, object], queries: int) -> dict[str, object]:
+    base = {"docs": folder / "docs", "index": folder / "index", "audit": folder / "audit.sqlite3",
+            "model": built["model"], "backend": "onnx"}  # fmt: skip
+    plain = Engine.start(Settings.load(**base), build="never", log=lambda m: None)
+    t = time.perf_counter()
+    policed = Engine.start(Settings.load(**base, policy=str(folder / "policy.toml")), build="never", log=lambda m: None)
+    start_s = time.perf_counter() - t
+    questions = squad_questions()
+    for question in questions[queries : queries + 50]:  # warm: compiled loops, page cache
+        plain._answer(plain._live, question, 5, None)
+    users = {name: Access.of(name, [f"g{g:02d}" for g in range(count)]) for name, count in USERS.items()}
+    first_s = {}
+    for name, access in users.items():  # the first question of each readable set works out its statistics
+        t = time.perf_counter()
+        policed._answer(policed._live, questions[0], 5, None, access)
+        first_s[name] = time.perf_counter() - t
+    fns = {"no policy": lambda q: plain._answer(plain._live, q, 5, None)}
+    for name, access in users.items():
+        fns[name] = lambda q, a=access: policed._answer(policed._live, q, 5, None, a)  # type: ignore[misc]
+    samples = time_interleaved(fns, questions[:queries])
+    p50 = {name: statistics.median(values) for name, values in samples.items()}
+    readable = {name: policed.status(access).passages for name, access in users.items()}
+    same = sum(
+        [p.citation.source for p in plain._answer(plain._live, q, 5, None)[0].passages]
+        == [p.citation.source for p in policed._answer(policed._live, q, 5, None, users["30 groups"])[0].passages]
+        for q in questions[:50]
+    )
+    return {"p50": p50, "first_s": first_s, "readable": readable, "start_s": start_s, "same_top5_of_50": same,
+            "rss_mb": peak_rss_mb()}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passages", type=int, default=100_000)
+    parser.add_argument("--mode", choices=("lexical", "hybrid"), default="lexical")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--keep", type=Path, help="build under this folder and keep it (reused next run)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep / f"{args.mode}-{args.passages}" if args.keep else Path(tmp)
+        if (folder / "built.json").is_file():
+            built = json.loads((folder / "built.json").read_text())
+        else:
+            built = build(args.passages, folder, args.mode)
+            (folder / "built.json").write_text(json.dumps(built))
+        result = measure(folder, built, args.queries)
+    base = result["p50"]["no policy"]
+    rows = [["no policy", f"{built['passages']:,}", base, 1.0, "-"]]
+    for name in USERS:
+        p50 = result["p50"][name]
+        rows.append([name, f"{result['readable'][name]:,}", p50, p50 / base, result["first_s"][name]])
+    table(
+        f"Search + answer p50 in ms, {built['mode']} mode, {built['passages']:,} passages in {GROUPS} groups, "
+        f"{args.queries} SQuAD questions x 3 rounds, interleaved, {os.cpu_count()} cores",
+        ["user", "readable passages", "p50 ms", "/ no policy (goal <= 1.10)", "first question of the set, s"],
+        rows,
+    )  # fmt: skip
+    print(f"\nbuild {built['build_s']:.0f} s; engine start with the policy (labels) {result['start_s']:.2f} s; "
+          f"peak RSS {result['rss_mb']:.0f} MB; 30 groups (all readable) and no policy give the same top 5 for "
+          f"{result['same_top5_of_50']} of 50 questions")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
