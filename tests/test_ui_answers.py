@@ -4,11 +4,13 @@ feedback bound to the answer a message shows, history per user, gentle messages.
 from __future__ import annotations
 
 import json
+import shutil
 
 import gradio as gr
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import CORPUS, CORPUS_FILE
 from formats import REPORT_WRITERS
 from threatqa.answer import answer_from_json, format_markdown, lead, plain_text
 from threatqa.api import Gate, create_app
@@ -21,15 +23,19 @@ COCAINE = "How much cocaine is consumed in the United Kingdom every year?"
 REPORT_FILES = {f"assessment.{suffix}" for suffix in REPORT_WRITERS}
 
 
-@pytest.fixture()
-def report_settings(settings: Settings) -> Settings:
-    """The shipped corpus plus one report in five formats."""
+@pytest.fixture(scope="module")
+def report_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The shipped corpus plus one report in five formats (lexical mode), built once for the module."""
+    root = tmp_path_factory.mktemp("report")
+    docs = root / "docs"
+    docs.mkdir()
+    shutil.copy(CORPUS / CORPUS_FILE, docs / CORPUS_FILE)
     for write in REPORT_WRITERS.values():
-        write(settings.docs)
-    return settings
+        write(docs)
+    return Settings.load(docs=docs, index=root / "index", audit=root / "audit.sqlite3", model="")
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def engine(report_settings: Settings) -> Engine:
     return Engine.start(report_settings, build="stale", log=lambda message: None)
 
@@ -86,8 +92,8 @@ def test_feedback_and_context_follow_the_message_not_the_position(engine: Engine
     third = handlers.ask("How many people are involved in serious organised crime?", [], [], None, None)
     reply = third[0][-1]
     handlers.feedback(gr.LikeData(None, {"index": 1, "value": reply["content"], "liked": False}), None)
-    feedback = [r for r in engine.audit.records() if r.kind == "feedback"]
     third_id = answer_links(reply["content"])[0]
+    feedback = [r for r in engine.audit.records() if r.kind == "feedback" and r.question.startswith("How many")]
     assert [r.payload for r in feedback] == [{"answer_id": third_id, "helpful": False}]
     selected = handlers.select_reply(gr.SelectData(None, {"index": 1, "value": reply["content"]}))
     assert selected[0] == third_id
@@ -119,7 +125,7 @@ def test_history_is_per_user(engine: Engine, report_settings: Settings) -> None:
     assert handlers.history(Request("carol")) == []  # type: ignore[arg-type]
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def client(engine: Engine, report_settings: Settings) -> TestClient:
     return TestClient(create_app(report_settings, engine))
 
