@@ -72,6 +72,17 @@ def _answer_id(reply: Any) -> str:
     return href.rsplit("/", 1)[-1]
 
 
+SCROLL_LAST_REPLY = """() => {
+  const replies = document.querySelectorAll("#tqa-chat .message.bot");
+  const last = replies[replies.length - 1];
+  let box = last && last.parentElement;
+  while (box && box !== document.body && !(box.scrollHeight > box.clientHeight &&
+         ["auto", "scroll"].includes(getComputedStyle(box).overflowY))) box = box.parentElement;
+  if (!box || box === document.body) return;
+  box.scrollTop += last.getBoundingClientRect().top - box.getBoundingClientRect().top - 8;
+}"""
+
+
 def _opens_tab(page: Any, link: Any) -> Any:
     """The tab a link with target=_blank opens (found among the context's pages: the link is noopener)."""
     before = list(page.context.pages)
@@ -100,6 +111,8 @@ def _shot(page: Any, name: str, fresh: bool = False) -> None:
     for size, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         page.set_viewport_size(viewport)
         page.wait_for_timeout(300)
+        page.evaluate(SCROLL_LAST_REPLY)  # as the page does for a new reply, at this size
+        page.wait_for_timeout(100)
         page.screenshot(path=str(OUTPUT / f"{name}-{size}.png"))
     page.set_viewport_size(DESKTOP)
 

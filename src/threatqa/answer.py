@@ -155,12 +155,13 @@ def build_answer(
     passage listing every source; at most `limit` passages (all by default), ranked from 1."""
     passages = []
     for rank, group in enumerate(collapse(retrieval.hits, documents)[:limit], start=1):
-        hit = group[0]
+        hit = group[0]  # the best-ranked copy gives the scores; the cited copy is one whose exact text reads as shown
+        group = sorted(group, key=lambda h: _marked_up(h, documents))
         cites = [_citation(h, documents[h.chunk.doc_id], index_version, model) for h in group]
         passages.append(
             Passage(
                 rank,
-                hit.chunk.text,
+                group[0].chunk.text,
                 round(hit.score, 6),
                 round(hit.relevance, 4),
                 _round(hit.lexical_score),
@@ -180,6 +181,11 @@ def collapse(hits: tuple[Hit, ...] | list[Hit], documents: dict[str, DocumentInf
     for hit in hits:
         groups.setdefault(text_key(hit.chunk.text, documents[hit.chunk.doc_id].path), []).append(hit)
     return list(groups.values())
+
+
+def _marked_up(hit: Hit, documents: dict[str, DocumentInfo]) -> bool:
+    """Whether the exact text of this copy differs from how it reads (Markdown source, for instance)."""
+    return display_text(hit.chunk.text, documents[hit.chunk.doc_id].path) != hit.chunk.text
 
 
 def _citation(hit: Hit, info: DocumentInfo, index_version: str, model: str | None) -> Citation:

@@ -135,7 +135,7 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
                 chat = gr.Chatbot(
                     label="Answers", show_label=False, height=560, latex_delimiters=[], sanitize_html=True,
                     allow_tags=False, buttons=[], elem_id="tqa-chat", placeholder="Ask a question about the documents.",
-                    autoscroll=False,
+                    autoscroll=False, layout="panel",
                 )  # fmt: skip
                 question = gr.Textbox(
                     label="Your question", placeholder="Ask a question…", lines=1,

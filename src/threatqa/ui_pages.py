@@ -35,6 +35,7 @@ blockquote { margin: 8px 0; padding: 8px 14px; border-left: 4px solid var(--line
        white-space: pre-wrap; overflow-wrap: anywhere; }
 .lead blockquote { border-left-color: var(--accent); background: #eff6ff; }
 mark { background: #fde68a; color: var(--ink); padding: 0 1px; }
+#passage { scroll-margin-top: 30vh; }  /* the fragment #passage leaves the lines before it in view */
 .passage { border-top: 1px solid var(--line); padding-top: 8px; }
 .status { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 0.85rem; font-weight: 600; }
 .holds { background: #dcfce7; color: #14532d; }
@@ -168,5 +169,5 @@ def context_page(answer: Answer, passage: Passage, document_text: str) -> str:
         f'<p class="meta">Question: {escape(answer.question)}</p>',
         f'<div class="context">{escape(before)}{body}{escape(after)}</div>',
     ]
-    script = '<script>document.getElementById("passage").scrollIntoView({block: "center"});</script>'
+    script = '<script>document.getElementById("passage").scrollIntoView({block: "start"});</script>'
     return page(f"[{passage.rank}] {cite.title}: in context", "".join(parts), script)
