@@ -278,3 +278,27 @@ def test_hybrid_answers_equal_an_index_of_the_readable_documents(split) -> None:
             assert _close(got, _shown(reference.ask(question, k=5))), (user, question)
             answered += got["answered"]
         assert 0 < answered < len(questions)
+
+
+def test_a_small_subset_of_an_approximate_index_is_searched_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from threatqa import dense
+    from threatqa.dense import DenseConfig, DenseIndex, build_dense
+
+    rng = np.random.default_rng(16)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    owners = np.repeat(np.arange(1000), 3)
+    windows = np.stack([owners, np.zeros_like(owners), np.zeros_like(owners)], axis=1)
+    ivf = build_dense(vectors, DenseConfig(ann_threshold=1000, nprobe=2))
+    index = DenseIndex(ivf, windows, vectors.astype(np.float16), 1000)
+    mask = rng.random(1000) < 0.1
+    query = vectors[:1]
+    rows, scores = index.search(query, 10, mask)
+    cosines = vectors.astype(np.float16).astype(np.float32) @ query[0]
+    best = np.full(1000, -np.inf)
+    np.maximum.at(best, owners, np.where(mask[owners], cosines, -np.inf))
+    assert rows.tolist() == np.argsort(-best, kind="stable")[:10].tolist()
+    np.testing.assert_allclose(scores, np.sort(best)[::-1][:10], rtol=1e-6)
+    monkeypatch.setattr(dense, "EXACT_SUBSET", 0)  # a large subset: IVF, more lists the fewer windows chosen
+    rows, _ = index.search(query, 10, mask)
+    assert len(rows) == 10 and mask[rows].all()

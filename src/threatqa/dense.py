@@ -59,6 +59,11 @@ class DenseConfig:
     nprobe: int = 32
 
 
+# windows: a filter that keeps at most this many of an approximate (IVF) index is searched exactly over
+# their stored vectors (a few ms), not by probing IVF lists, which must then be many
+EXACT_SUBSET = 20_000
+
+
 class DenseIndex:
     """The window vectors of one index version, searched and scored by passage row."""
 
@@ -123,10 +128,15 @@ class DenseIndex:
         use_threads(_question_threads)
         params = None
         if mask is not None:
-            selector = faiss.IDSelectorBatch(np.flatnonzero(mask[self.owners]).astype(np.int64))
+            chosen = np.flatnonzero(mask[self.owners]).astype(np.int64)
+            if self.stored is not None and len(chosen) <= EXACT_SUBSET:  # beside an IVF index
+                return self._exact(vector, k, chosen)
+            selector = faiss.IDSelectorBatch(chosen)
             if isinstance(self.faiss, faiss.IndexIVF):
-                # every list: the chosen rows may all sit in lists the question is not near
-                params = faiss.SearchParametersIVF(sel=selector, nprobe=self.faiss.nlist)
+                # the fewer windows chosen, the more lists: about as many chosen windows as an unfiltered
+                # search sees (all lists cost as much as an exact search of every window)
+                nprobe = -(-self.faiss.nprobe * len(self) // max(len(chosen), 1))
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=min(self.faiss.nlist, nprobe))
             else:
                 params = faiss.SearchParameters(sel=selector)
         wanted = k * _WINDOWS_PER_PASSAGE
@@ -139,6 +149,14 @@ class DenseIndex:
             if len(rows) >= k or fetch == len(self) or found.sum() < fetch:
                 return rows[:k], best[:k]
             wanted *= 4
+
+    def _exact(self, vector: np.ndarray, k: int, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The k best passages among the chosen windows, by their stored vectors (as an exact index of
+        only those windows would rank them; need-to-know subsets and document filters)."""
+        cosines = self.vectors(chosen) @ vector[0]
+        order = np.argsort(-cosines, kind="stable")
+        rows, best = _best_by_owner(self.owners[chosen[order]], cosines[order])
+        return rows[:k], best[:k]
 
     def scores(self, vector: np.ndarray, rows: list[int]) -> np.ndarray:
         """Each row's best window cosine with the (1, d) vector, computed exactly."""
