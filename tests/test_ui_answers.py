@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -181,3 +182,28 @@ def test_token_cookie_is_partitioned_over_https(engine: Engine, report_settings:
 def test_page_head_removes_the_token_from_the_address_bar(client: TestClient) -> None:
     page = client.get("/").text + (client.get("/config").json().get("head") or "")  # Gradio puts `head` in its config
     assert 'url.searchParams.delete("token")' in page and "history.replaceState" in page
+
+
+def test_answers_from_restricted_documents_are_not_shown_to_requests_without_access(tmp_path: Path) -> None:
+    from threatqa.policy import Access
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(CORPUS / CORPUS_FILE, docs / CORPUS_FILE)
+    REPORT_WRITERS["txt"](docs)
+    (tmp_path / "threatqa-policy.toml").write_text(
+        'default = "open"\n\n[[rule]]\npaths = ["assessment.*"]\ngroups = ["finance"]\n', encoding="utf-8"
+    )
+    settings = Settings.load(docs=docs, index=tmp_path / "index", audit=tmp_path / "audit.sqlite3", model="")
+    engine = Engine.start(settings, build="stale", log=lambda message: None)
+    restricted = engine.ask(COCAINE, 3, access=Access.of("fin", ["finance"]))
+    assert "assessment.txt" in {c.source for p in restricted.passages for c in p.sources}
+    client = TestClient(create_app(settings, engine))
+    assert client.get(f"/answers/{restricted.id}").status_code == 404
+    assert client.get(f"/answers/{restricted.id}/passages/1").status_code == 404
+    report = next(d for d in engine.index.documents() if d.path == "assessment.txt")
+    assert client.get(f"/api/documents/{report.id}/file").status_code == 404
+    handlers = _Handlers(engine, settings, Gate(1, 1))
+    assert handlers.select_reply(gr.SelectData(None, {"index": 1, "value": f"answers/{restricted.id}"}))[0] == ""
+    open_answer = engine.ask("How many people are involved in serious organised crime in the UK?", 2)
+    assert client.get(f"/answers/{open_answer.id}").status_code == 200

@@ -96,6 +96,10 @@ class Answer:
     searched: tuple[str, ...]  # paths of the documents that were searched
     id: str | None = None  # the audit record that logged this answer
 
+    def document_ids(self) -> set[str]:
+        """Every document this answer cites, copies included."""
+        return {cite.document_id for passage in self.passages for cite in passage.sources}
+
     def to_json(self) -> dict[str, Any]:
         """The `ask --json` / `/api/ask` object."""
         return {

@@ -50,7 +50,12 @@ def add_answer_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
             return None
         if record.kind != "answer":
             return None
-        return answer_from_json(record.payload | {"id": record.id}), record
+        answer = answer_from_json(record.payload | {"id": record.id})
+        # under a need-to-know policy only answers citing documents open to all are shown here (requests
+        # carry no access yet): an answer from restricted documents is not found, rather than shown
+        if not answer.document_ids() <= {d.id for d in engine.documents()}:
+            return None
+        return answer, record
 
     @app.get("/answers/{name}")
     def answer(name: str, request: Request) -> Response:

@@ -237,7 +237,11 @@ class _Handlers:
             return None
         if record.kind != "answer":
             return None
-        return answer_from_json(record.payload | {"id": record.id})
+        answer = answer_from_json(record.payload | {"id": record.id})
+        # a message's id can be forged: under a need-to-know policy only answers from open documents
+        if not answer.document_ids() <= {d.id for d in self.engine.documents()}:
+            return None
+        return answer
 
     def _offer(self, answer: Answer) -> tuple[Any, str, str]:
         if not answer.passages:
