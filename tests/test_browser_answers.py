@@ -281,10 +281,11 @@ def test_page_is_accessible(page: Any, served: tuple[str, Path]) -> None:
     assert label.startswith("Answer: In the documents' words:") and "\\" not in label
     problems = _axe(page)
     assert problems == [], json.dumps(problems, indent=1)
-    permalink = page.context.new_page()
-    permalink.goto(f"{served[0]}/answers/{_answer_id(reply)}")
-    problems = _axe(permalink)
-    assert problems == [], json.dumps(problems, indent=1)
+    for path in (f"answers/{_answer_id(reply)}", f"answers/{_answer_id(reply)}/passages/1"):
+        other = page.context.new_page()
+        other.goto(f"{served[0]}/{path}")
+        problems = _axe(other)
+        assert problems == [], json.dumps(problems, indent=1)
 
 
 def _axe(page: Any) -> list[dict[str, Any]]:

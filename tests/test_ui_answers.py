@@ -76,6 +76,13 @@ def test_copy_text_and_markdown_export_are_clean(engine: Engine) -> None:
     assert all(f"({name})" in markdown for name in REPORT_FILES)
 
 
+def test_a_filtered_reply_names_the_documents_searched(engine: Engine) -> None:
+    only = [d.id for d in engine.documents() if d.path == "assessment.pdf"]
+    answer = engine.ask(COCAINE, 2, only)
+    assert answer.searched == ("assessment.pdf",)
+    assert format_answer(answer, filtered=True).split("\n\n")[-2] == "Searched only: assessment\\.pdf"
+
+
 def test_a_reply_names_its_answer_and_nothing_in_a_document_can(engine: Engine) -> None:
     answer = engine.ask(COCAINE, 2)
     reply = format_answer(answer)
