@@ -56,7 +56,7 @@ def _engine(folder: Path, files: dict[str, str], policy: str | None, **settings:
         (docs / path).write_text(text, encoding="utf-8")
     if policy is not None:
         (folder / POLICY_FILE).write_text(policy, encoding="utf-8")
-    run = Settings.load(docs=docs, index=folder / "index", audit=folder / "audit.sqlite3", model="", **settings)
+    run = Settings.load(docs=docs, index=folder / "index", audit=folder / "audit.sqlite3", **({"model": ""} | settings))
     return Engine.start(run, build="missing", **QUIET)
 
 
