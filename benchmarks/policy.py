@@ -79,6 +79,9 @@ def measure(folder: Path, built: dict[str, object], queries: int) -> dict[str, o
         t = time.perf_counter()
         policed._answer(policed._live, questions[0], 5, None, access)
         first_s[name] = time.perf_counter() - t
+    state = policed._labelled
+    kept = {name: state.subsets[state.labels.key(access)][1] for name, access in users.items()}  # type: ignore[union-attr]
+    stats_mb = {name: stats.nbytes / 1e6 if stats is not None else 0.0 for name, stats in kept.items()}
     fns = {"no policy": lambda q: plain._answer(plain._live, q, 5, None)}
     for name, access in users.items():
         fns[name] = lambda q, a=access: policed._answer(policed._live, q, 5, None, a)  # type: ignore[misc]
@@ -90,8 +93,8 @@ def measure(folder: Path, built: dict[str, object], queries: int) -> dict[str, o
         == [p.citation.source for p in policed._answer(policed._live, q, 5, None, users["30 groups"])[0].passages]
         for q in questions[:50]
     )
-    return {"p50": p50, "first_s": first_s, "readable": readable, "start_s": start_s, "same_top5_of_50": same,
-            "rss_mb": peak_rss_mb()}  # fmt: skip
+    return {"p50": p50, "first_s": first_s, "stats_mb": stats_mb, "readable": readable, "start_s": start_s,
+            "same_top5_of_50": same, "rss_mb": peak_rss_mb()}  # fmt: skip
 
 
 def main() -> None:
@@ -110,14 +113,16 @@ def main() -> None:
             (folder / "built.json").write_text(json.dumps(built))
         result = measure(folder, built, args.queries)
     base = result["p50"]["no policy"]
-    rows = [["no policy", f"{built['passages']:,}", base, 1.0, "-"]]
+    rows = [["no policy", f"{built['passages']:,}", base, 1.0, "-", "-"]]
     for name in USERS:
         p50 = result["p50"][name]
-        rows.append([name, f"{result['readable'][name]:,}", p50, p50 / base, result["first_s"][name]])
+        rows.append([name, f"{result['readable'][name]:,}", p50, p50 / base, result["first_s"][name],
+                     result["stats_mb"][name]])  # fmt: skip
     table(
         f"Search + answer p50 in ms, {built['mode']} mode, {built['passages']:,} passages in {GROUPS} groups, "
         f"{args.queries} SQuAD questions x 3 rounds, interleaved, {os.cpu_count()} cores",
-        ["user", "readable passages", "p50 ms", "/ no policy (goal <= 1.10)", "first question of the set, s"],
+        ["user", "readable passages", "p50 ms", "/ no policy (goal <= 1.10)", "first question of the set, s",
+         "statistics kept, MB"],
         rows,
     )  # fmt: skip
     print(f"\nbuild {built['build_s']:.0f} s; engine start with the policy (labels) {result['start_s']:.2f} s; "

@@ -73,7 +73,7 @@ class _Labelled:
     index: Index
     stamp: tuple[int, ...] | None  # the policy file's (mtime, size, inode); None: no file
     labels: Labels
-    subsets: dict[tuple[str, ...], tuple[frozenset[str], Statistics]]
+    subsets: dict[tuple[str, ...], tuple[frozenset[str], Statistics | None]]
 
 
 SUBSETS_KEPT = 64  # readable sets (distinct combinations of labels) whose statistics are kept
@@ -203,7 +203,9 @@ class Engine:
         if found is None:
             readable = state.labels.readable(access) or frozenset()
             ids = sorted(readable)
-            found = frozenset(ids), live.retriever.subset(ids)
+            # everything readable: the index's own statistics are the subset's, nothing to work out
+            everything = len(ids) == len(live.documents)
+            found = frozenset(ids), None if everything else live.retriever.subset(ids)
             with self._policy_lock:
                 while len(state.subsets) >= SUBSETS_KEPT:
                     state.subsets.pop(next(iter(state.subsets)))

@@ -36,7 +36,7 @@ class CharStatistics:
     """The character view's statistics over some passages: for each n-gram of the corpus (aligned
     with `CharView.ngrams`), the sentences and passages that have it; their numbers; mean lengths."""
 
-    df: np.ndarray  # (n-grams, 2) int64
+    df: np.ndarray  # (n-grams, 2) int32
     sentences: int
     passages: int
     means: np.ndarray  # float64: mean sentence and passage lengths, in n-grams
@@ -48,10 +48,16 @@ class Statistics:
 
     mask: np.ndarray  # bool per passage row
     count: int  # passages
-    df: np.ndarray  # int64 per stem: readable passages that have it
+    df: np.ndarray  # int32 per stem: readable passages that have it
     idf: np.ndarray  # float32 (stems, 2): IDF over passages and over sentences
     means: np.ndarray  # float64: mean sentence and passage lengths in words
     chars: CharStatistics
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held, in bytes (the engine keeps a few dozen sets)."""
+        arrays = (self.mask, self.df, self.idf, self.means, self.chars.df, self.chars.means)
+        return sum(a.nbytes for a in arrays)
 
 
 @njit(nogil=True, cache=True)
@@ -59,7 +65,7 @@ def _word_df(indptr, owners, mask):
     """For each stem: the passages where mask is True that have it, and their sentences that have it
     (a stem's postings are its sentences, ascending, so a passage's postings are adjacent)."""
     stems = len(indptr) - 1
-    passages, sentences = np.zeros(stems, np.int64), np.zeros(stems, np.int64)
+    passages, sentences = np.zeros(stems, np.int32), np.zeros(stems, np.int32)
     for t in range(stems):
         last = -1
         for j in range(indptr[t], indptr[t + 1]):
@@ -76,7 +82,7 @@ def _word_df(indptr, owners, mask):
 def _char_df(tokens, indptr, firsts, lasts, rows, word_indptr, word_positions, size):
     """For the passages `rows` (sentences firsts[row] .. lasts[row] - 1, word ids as LEB128 varints in
     tokens at indptr): each n-gram position's sentences and passages, and the total length in n-grams."""
-    df = np.zeros((size, 2), np.int64)
+    df = np.zeros((size, 2), np.int32)
     last_sentence, last_passage = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
     total = 0
     for row in rows:
