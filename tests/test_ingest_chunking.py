@@ -147,3 +147,12 @@ def test_zip_bomb_docx_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     documents = load_documents(tmp_path, warn=warnings.append, limits=IngestLimits(extract_timeout=0))  # patch seen
     assert [d.path for d in documents] == ["notes.txt"]
     assert "bomb.docx" in warnings[0] and "zip bomb" in warnings[0]
+
+
+def test_a_heading_opens_the_passage_it_heads() -> None:
+    body = "\n\n".join(["A paragraph of context " * 10, "Major threats", "Hostile states use criminals. " * 6,
+                        "Drugs and firearms:", "Cocaine use rose. " * 20])  # fmt: skip
+    document = Document(id="d", path="d.txt", title="t", sha256="0", date=None, text=body, body_start=0)
+    chunks = chunk_document(document, ChunkConfig(size=300))
+    assert [c.text.split("\n")[0] for c in chunks][1:] == ["Major threats", "Drugs and firearms:"]
+    assert all(not c.text.rstrip().endswith(("Major threats", "firearms:")) for c in chunks)

@@ -69,7 +69,7 @@ def test_copy_text_and_markdown_export_are_clean(engine: Engine) -> None:
     text = plain_text(answer, "/answers/x")
     assert text.startswith(f"Q: {COCAINE}\n")
     assert not any(markup in text for markup in ("\\", "<mark>", "**", "&lt;"))
-    assert "    National Strategic Assessment of Serious and Organised Crime 2023, 2023-07-17, para 6 (" in text
+    assert "    National Strategic Assessment of Serious and Organised Crime 2023, 2023-07-17, paras 5-6 (" in text
     assert text.rstrip().endswith("Permalink: /answers/x")
     markdown = format_markdown(answer)
     assert markdown.startswith(f"# {COCAINE}\n\n> ") and "## [1]" in markdown

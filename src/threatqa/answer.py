@@ -9,7 +9,7 @@ report in several formats) are shown once, with every place they appear (`Passag
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import IO, Any
 
 from threatqa.chunking import Span, paragraphs, sentences
@@ -116,9 +116,15 @@ class Answer:
 
 
 def passage_json(passage: Passage) -> dict[str, Any]:
-    cite = asdict(passage.citation)
-    body = {key: value for key, value in asdict(passage).items() if key not in ("citation", "also")}
-    return body | cite | {"reference": passage.reference(), "also_in": [asdict(c) for c in passage.also]}
+    body = {key: value for key, value in _fields(passage).items() if key not in ("citation", "also")}
+    also = [_fields(c) for c in passage.also]
+    return body | _fields(passage.citation) | {"reference": passage.reference(), "also_in": also}
+
+
+def _fields(item: object) -> dict[str, Any]:
+    """A dataclass's fields, one level deep (its fields here are plain values). `asdict` deep-copies every
+    value: in 200 profiled Engine.ask calls at 10k passages it took 0.77 s of the 2.4 s spent outside the search."""
+    return {f.name: getattr(item, f.name) for f in fields(item)}  # type: ignore[arg-type]
 
 
 def answer_from_json(data: dict[str, Any]) -> Answer:

@@ -148,7 +148,8 @@ def _pack(text: str, paras: list[Span], size: int, overlap: int, max_size: int) 
 
     Consecutive paragraphs are packed while the next one brings the passage nearer `size`
     characters (so passages stay near the target on both sides), never past `max_size`; each
-    paragraph lies in one passage, so no text is embedded twice. A short run
+    paragraph lies in one passage, so no text is embedded twice. A heading stays with the text it
+    heads: it never ends a passage that has more than the heading. A short run
     at the end joins the passage before it when that stays within `max_size`. A paragraph longer
     than `max_size` is split into sentence windows sharing `overlap` sentences.
     """
@@ -167,6 +168,8 @@ def _pack(text: str, paras: list[Span], size: int, overlap: int, max_size: int) 
             if paras[last].end - para.start > max_size:
                 last -= 1
                 break
+        while last > first and last + 1 < len(paras) and _heading(text[paras[last].start : paras[last].end]):
+            last -= 1  # a heading (or a lead-in ending in a colon) opens the next passage, never ends one
         tail_fits = passages and paras[last].end - passages[-1][2].start <= max_size
         if paras[last].end - para.start < size and last == len(paras) - 1 and tail_fits:
             before, _, span = passages.pop()  # a short run at the end joins the passage before it
@@ -175,6 +178,16 @@ def _pack(text: str, paras: list[Span], size: int, overlap: int, max_size: int) 
             passages.append((first + 1, last + 1, Span(para.start, paras[last].end)))
         first = last + 1
     return passages
+
+
+_HEADING_CHARS = 100  # a paragraph this short that does not end a sentence reads as a heading
+
+
+def _heading(paragraph: str) -> bool:
+    """A heading or lead-in ("Major threats", "## Drugs", "Major Threats to Britain:"): a short
+    paragraph of one line that does not end like a sentence."""
+    line = paragraph.strip()
+    return 0 < len(line) <= _HEADING_CHARS and "\n" not in line and line[-1] not in ".!?…\"'”’)]"
 
 
 def _closer(length: int, longer: int, size: int) -> bool:
