@@ -112,7 +112,9 @@ def test_file_routes_refuse_system_index_audit_and_model_paths(
     folder = engine.index.folder
     secrets = ["/etc/passwd", str(folder / "chunks.sqlite"), str(folder / "manifest.json"), str(settings.audit),
                str(settings.docs / "NCA-annual-assessment-speech-2023-07-17.txt"), "/proc/self/environ"]  # fmt: skip
-    sensitive = [b"root:", b"SQLite format", b"schema_version", b"Hostile countries", b"PATH="]
+    secrets.append(str(engine.audit.key_path))
+    sensitive = [b"root:", b"SQLite format", b"schema_version", b"Hostile countries", b"PATH=",
+                 engine.audit.key_path.read_bytes()[:16]]  # fmt: skip
     for route in _file_routes(secrets):
         response = client.get(route)
         assert response.status_code in (400, 403, 404, 405), route

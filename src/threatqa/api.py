@@ -121,7 +121,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app, blocks, path="/", root_path=settings.root_path or None, show_error=False, theme=theme(), css=CSS,
         head=HEAD, footer_links=[], ssr_mode=False, enable_monitoring=False, mcp_server=False, run_history=False,
         # the UI takes no files: uploads are capped to nothing useful, and no path is served
-        max_file_size=UPLOAD_LIMIT, allowed_paths=[], blocked_paths=_private_paths(settings),
+        max_file_size=UPLOAD_LIMIT, allowed_paths=[], blocked_paths=_private_paths(settings, engine),
     )  # fmt: skip
 
 
@@ -129,9 +129,10 @@ UPLOAD_LIMIT = 1024  # bytes
 MAX_VERIFY_CITATIONS = 200  # citations checked in one /api/verify request
 
 
-def _private_paths(settings: Settings) -> list[str]:
+def _private_paths(settings: Settings, engine: Engine) -> list[str]:
     """Folders and files never served, even if a future component asked for them."""
-    return [str(p.resolve()) for p in (settings.index, settings.audit, settings.docs)] + (
+    private = [settings.index, settings.audit, engine.audit.key_path, settings.docs]
+    return [str(p.resolve()) for p in private] + (
         [str(Path(settings.model).resolve())] if settings.model and Path(settings.model).exists() else []
     )
 
@@ -360,6 +361,17 @@ class GradioSurface:
         await self.app(scope, receive, send)
 
 
+class _Sent:
+    """`send`, noting whether the response has started (after that, no other response can be sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send, self.started = send, False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
+
+
 class _TooLarge(BaseException):
     """Raised inside `receive` to stop a handler that is reading a body over the limit (BaseException:
     no handler on the way may turn it into an ordinary error response)."""
@@ -383,7 +395,7 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await refuse(scope, receive, send)
             return
-        received, started = 0, False
+        received, sent = 0, _Sent(send)
 
         async def counted() -> Message:
             nonlocal received
@@ -394,15 +406,10 @@ class BodyLimit:
                     raise _TooLarge()
             return message
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, counted, tracked)
+            await self.app(scope, counted, sent)
         except _TooLarge:
-            if not started:
+            if not sent.started:
                 await refuse(scope, receive, send)
 
 
@@ -417,18 +424,12 @@ class ContainErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        sent = _Sent(send)
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receive, sent)
         except Exception:
             log.exception("unexpected error")
-            if not started:
+            if not sent.started:
                 await _error(500, "internal error; the server log has the details")(scope, receive, send)
 
 
