@@ -134,7 +134,7 @@ def test_header_auth_takes_the_user_from_the_portal_proxy(
     assert "X-Portal-User" in refused.json()["detail"]
     users = []
     ask = engine.ask
-    monkeypatch.setattr(engine, "ask", lambda *a, **kw: users.append(kw["user"]) or ask(*a, **kw))
+    monkeypatch.setattr(engine, "ask", lambda *a, **kw: users.append(kw["access"].user) or ask(*a, **kw))
     response = client.post("/api/ask", json={"question": QUESTION}, headers={"X-Portal-User": "alice"})
     assert response.status_code == 200
     assert users == ["alice"]

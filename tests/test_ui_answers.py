@@ -103,7 +103,7 @@ def test_feedback_and_context_follow_the_message_not_the_position(engine: Engine
     third_id = answer_links(reply["content"])[0]
     feedback = [r for r in engine.audit.records() if r.kind == "feedback" and r.question.startswith("How many")]
     assert [r.payload for r in feedback] == [{"answer_id": third_id, "helpful": False}]
-    selected = handlers.select_reply(gr.SelectData(None, {"index": 1, "value": reply["content"]}))
+    selected = handlers.select_reply(gr.SelectData(None, {"index": 1, "value": reply["content"]}), None)
     assert selected[0] == third_id
     assert selected[3] == engine.audit.get(third_id).payload["passages"][0]["reference"]
     assert selected[4].startswith("Q: How many people")  # "copy answer" copies this reply
@@ -127,10 +127,10 @@ def test_history_is_per_user(engine: Engine, report_settings: Settings) -> None:
 
     engine.ask(COCAINE, 2, user="alice", channel="ui")
     engine.ask("Which hostile states use organised crime groups?", 2, user="bob", channel="ui")
-    alice = handlers.history(Request("alice"))  # type: ignore[arg-type]
+    alice = handlers.history(Request("alice"))[0]  # type: ignore[arg-type]
     assert [m["role"] for m in alice] == ["user", "assistant"]
     assert "cocaine" in alice[0]["content"] and "hostile" not in json.dumps(alice)
-    assert handlers.history(Request("carol")) == []  # type: ignore[arg-type]
+    assert handlers.history(Request("carol"))[0] == []  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +211,7 @@ def test_answers_from_restricted_documents_are_not_shown_to_requests_without_acc
     report = next(d for d in engine.index.documents() if d.path == "assessment.txt")
     assert client.get(f"/api/documents/{report.id}/file").status_code == 404
     handlers = _Handlers(engine, settings, Gate(1, 1))
-    assert handlers.select_reply(gr.SelectData(None, {"index": 1, "value": f"answers/{restricted.id}"}))[0] == ""
+    forged = gr.SelectData(None, {"index": 1, "value": f"answers/{restricted.id}"})
+    assert handlers.select_reply(forged, None)[0] == ""
     open_answer = engine.ask("How many people are involved in serious organised crime in the UK?", 2)
     assert client.get(f"/answers/{open_answer.id}").status_code == 200

@@ -38,7 +38,7 @@ from threatqa.api_answers import add_answer_routes
 from threatqa.config import Settings
 from threatqa.engine import MAX_DOCUMENT_FILTER, MAX_K, Engine
 from threatqa.errors import AuditError, ConfigError, QuestionError, QuestionTooLong, ThreatQAError
-from threatqa.ui import BUSY_TEXT, CSS, HEAD, build_ui, request_user, theme
+from threatqa.ui import BUSY_TEXT, CSS, HEAD, build_ui, request_access, theme
 from threatqa.verify import answers_from_json, verify_answers
 
 log = logging.getLogger("threatqa.api")
@@ -141,20 +141,21 @@ def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) ->
     @app.post("/api/ask")
     def ask(body: AskRequest, request: Request) -> dict[str, Any]:
         """Answer a question: the same object as `threatqa ask --json`."""
-        engine.check_request(body.question, body.k, body.documents)  # before waiting for a slot
+        access = request_access(settings, request.headers)
+        engine.check_request(body.question, body.k, body.documents, access=access)  # before waiting for a slot
         with gate.slot():
-            user = request_user(settings, request.headers)
-            answer = engine.ask(body.question, body.k, body.documents or None, user=user, channel="api")
+            answer = engine.ask(body.question, body.k, body.documents or None, channel="api", access=access)
         return answer.to_json()
 
     @app.post("/api/verify")
-    def verify(body: dict[str, Any] | list[Any] = Body(...)) -> Any:
+    def verify(request: Request, body: dict[str, Any] | list[Any] = Body(...)) -> Any:
         """Check saved citations (an /api/ask answer, or a list of them) against the indexed documents
         as they are now on disk; at most `MAX_VERIFY_CITATIONS` citations a request."""
         try:
             answers = answers_from_json(body, MAX_VERIFY_CITATIONS)
             with gate.slot():
-                findings = verify_answers(answers, settings.docs, engine.documents())
+                readable = engine.documents(request_access(settings, request.headers))
+                findings = verify_answers(answers, settings.docs, readable)
         except Busy:
             raise
         except ThreatQAError as exc:
@@ -165,18 +166,19 @@ def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) ->
         }
 
     @app.get("/api/documents")
-    def documents() -> list[dict[str, Any]]:
-        """Every indexed document: id, title, date, path, passages, sha256."""
+    def documents(request: Request) -> list[dict[str, Any]]:
+        """Every indexed document the requester may read: id, title, date, path, passages, sha256."""
         return [
             {"id": d.id, "title": d.title, "date": d.date, "path": d.path, "passages": d.passages, "sha256": d.sha256}
-            for d in engine.documents()
+            for d in engine.documents(request_access(settings, request.headers))
         ]
 
     @app.get("/api/health")
-    def health() -> JSONResponse:
-        """Liveness and what runs: mode, counts, index manifest version, model; 503 with the problem
-        when questions cannot be answered (the audit log cannot take records, the index is damaged)."""
-        status = engine.status()
+    def health(request: Request) -> JSONResponse:
+        """Liveness and what runs: mode, counts (of what the requester may read), index manifest version,
+        model; 503 with the problem when questions cannot be answered (the audit log cannot take records,
+        the index is damaged)."""
+        status = engine.status(request_access(settings, request.headers))
         problems = [p for p in (engine.audit.check(), engine.index.damage) if p]
         body = {
             "status": "failing" if problems else "ok", "problems": problems, "mode": status.mode,

@@ -19,7 +19,9 @@ from threatqa.answer import Answer, answer_from_json, format_markdown, plain_tex
 from threatqa.config import Settings
 from threatqa.engine import Engine
 from threatqa.errors import AuditError, ThreatQAError
+from threatqa.policy import Access
 from threatqa.store import passage_sha256
+from threatqa.ui import request_access
 from threatqa.ui_pages import Check, answer_page, context_page
 from threatqa.verify import verify_answers
 
@@ -41,7 +43,7 @@ def _not_found(what: str) -> JSONResponse:
 
 
 def add_answer_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
-    def logged(answer_id: str) -> tuple[Answer, Any] | None:
+    def logged(answer_id: str, request: Request) -> tuple[Answer, Any] | None:
         if not ANSWER_ID.match(answer_id):
             return None
         try:
@@ -51,9 +53,8 @@ def add_answer_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
         if record.kind != "answer":
             return None
         answer = answer_from_json(record.payload | {"id": record.id})
-        # under a need-to-know policy only answers citing documents open to all are shown here (requests
-        # carry no access yet): an answer from restricted documents is not found, rather than shown
-        if not answer.document_ids() <= {d.id for d in engine.documents()}:
+        # an answer citing a document the requester may not read is not found, rather than shown
+        if not answer.document_ids() <= {d.id for d in engine.documents(request_access(settings, request.headers))}:
             return None
         return answer, record
 
@@ -61,7 +62,7 @@ def add_answer_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
     def answer(name: str, request: Request) -> Response:
         """The permalink page (`<id>`), or the answer exported as Markdown (`<id>.md`) or JSON (`<id>.json`)."""
         answer_id, _, suffix = name.partition(".")
-        found = logged(answer_id)
+        found = logged(answer_id, request)
         if found is None or suffix not in ("", "md", "json"):
             return _not_found("answer")
         answer, record = found
@@ -73,13 +74,13 @@ def add_answer_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
             audit = {"seq": record.seq, "time": record.time, "hash": record.hash, "user": record.user}
             body = answer.to_json() | {"permalink": link, "audit": audit}
             return JSONResponse(body, headers=disposition)
-        checks = _checks(answer, settings, engine)
+        checks = _checks(answer, settings, engine, request_access(settings, request.headers))
         return HTMLResponse(answer_page(answer, record.time, record.user, checks, plain_text(answer, link)))
 
     @app.get("/answers/{answer_id}/passages/{rank}")
-    def in_context(answer_id: str, rank: int) -> Response:
+    def in_context(answer_id: str, rank: int, request: Request) -> Response:
         """Passage `rank` of an answer inside its document, the exact span marked and scrolled into view."""
-        found = logged(answer_id)
+        found = logged(answer_id, request)
         passage = next((p for p in found[0].passages if p.rank == rank), None) if found else None
         if found is None or passage is None:
             return _not_found("passage")
@@ -90,9 +91,10 @@ def add_answer_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
         return HTMLResponse(context_page(found[0], passage, document.text))
 
     @app.get("/api/documents/{document_id}/file")
-    def original(document_id: str) -> Response:
-        """The original file of an indexed document, by its id."""
-        info = next((d for d in engine.documents() if d.id == document_id), None)
+    def original(document_id: str, request: Request) -> Response:
+        """The original file of an indexed document the requester may read, by its id."""
+        readable = engine.documents(request_access(settings, request.headers))
+        info = next((d for d in readable if d.id == document_id), None)
         path = _inside(settings.docs, info.path) if info else None
         if info is None or path is None:
             return _not_found("document")
@@ -115,7 +117,7 @@ def _filename(name: str) -> str:
     return quote(name, safe="")
 
 
-def _checks(answer: Answer, settings: Settings, engine: Engine) -> dict[tuple[str, int, int], Check]:
+def _checks(answer: Answer, settings: Settings, engine: Engine, access: Access) -> dict[tuple[str, int, int], Check]:
     """Each citation's verify status now, by (source, start, end); a copy in another format is checked
     with its own text, read back from the index by its offsets and hash."""
     cited = []
@@ -127,7 +129,8 @@ def _checks(answer: Answer, settings: Settings, engine: Engine) -> dict[tuple[st
                               "end": cite.end, "document_sha256": cite.document_sha256,
                               "passage_sha256": cite.passage_sha256})  # fmt: skip
     try:
-        findings = verify_answers([{"question": answer.question, "passages": cited}], settings.docs, engine.documents())
+        readable = engine.documents(access)
+        findings = verify_answers([{"question": answer.question, "passages": cited}], settings.docs, readable)
     except ThreatQAError:
         return {}
     return {(f.source, f.start, f.end): Check(f.ok, f.status, f.detail) for f in findings}

@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     auth_header: str = Field(
         "X-Forwarded-User", description="The request header that carries the user name for auth=header."
     )
+    auth_groups_header: str = Field(
+        "X-Forwarded-Groups",
+        description="The request header with the user's groups (comma-separated) for auth=header, set by the "
+        "portal's trusted proxy; under a need-to-know policy they decide which documents the user may read.",
+    )
     cors_origins: str = Field("", description="Origins allowed to call the API from a browser, comma-separated.")
     frame_ancestors: str = Field(
         "'self'",

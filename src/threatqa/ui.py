@@ -19,6 +19,7 @@ from threatqa.answer import Answer, answer_from_json, best_sentence, plain_text
 from threatqa.config import Settings
 from threatqa.engine import Engine
 from threatqa.errors import AuditError, QuestionError, ThreatQAError
+from threatqa.policy import Access
 from threatqa.ui_format import (
     answer_links,
     context_heading,
@@ -105,8 +106,8 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(font=_THEME_FONTS, font_mono=_MONO_FONTS)
 
 
-def status_text(engine: Engine) -> str:
-    status = engine.status()
+def status_text(engine: Engine, access: Access | None = None) -> str:
+    status = engine.status(access)
     line = (
         f"Mode: **{status.mode}** · {status.documents} documents · {status.passages} passages · "
         f"index {escape_markdown(status.index_version)}"
@@ -121,13 +122,23 @@ def request_user(settings: Settings, headers: Mapping[str, str] | None) -> str |
     return (headers.get(settings.auth_header.lower()) or headers.get(settings.auth_header) or "").strip() or None
 
 
+def request_access(settings: Settings, headers: Mapping[str, str] | None) -> Access:
+    """Who is asking, from the request: the user and (auth=header) the groups the trusted proxy sets.
+    Without groups, only documents open to all are readable under a need-to-know policy."""
+    groups = ""
+    if headers is not None and settings.auth == "header":
+        name = settings.auth_groups_header
+        groups = headers.get(name.lower()) or headers.get(name) or ""
+    return Access.of(request_user(settings, headers), groups.split(","))
+
+
 def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
     """The chat page; `gate` bounds how many questions run and wait (shared with the JSON API)."""
     handlers = _Handlers(engine, settings, gate)
-    choices = [(f"{d.title} ({d.path})", d.id) for d in engine.documents()]
     with gr.Blocks(title="ThreatQA", analytics_enabled=False) as blocks:
         gr.Markdown("## ThreatQA: answers quoted from the threat assessments")
-        gr.Markdown(status_text(engine), elem_classes="tqa-status", latex_delimiters=[], elem_id="tqa-status")
+        # what a user may read is known per request: the status line and the document list fill in on load
+        status = gr.Markdown("", elem_classes="tqa-status", latex_delimiters=[], elem_id="tqa-status")
         replies = gr.State([])  # answer ids of this session's replies (kept for API compatibility; not for binding)
         current = gr.State("")  # the answer whose passages "view in context" offers
         with gr.Row():
@@ -147,7 +158,7 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
                 gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=question, label="Example questions")
             with gr.Column(scale=2):
                 only = gr.Dropdown(
-                    choices, multiselect=True, label="Search only these documents (empty: all)", elem_id="tqa-only"
+                    [], multiselect=True, label="Search only these documents (empty: all)", elem_id="tqa-only"
                 )
                 with gr.Accordion("View in context", open=False, elem_id="tqa-context-panel") as panel:
                     pick = gr.Dropdown([], label="Passage (click a reply to choose its passages)", elem_id="tqa-pick")
@@ -168,7 +179,7 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
             handlers.view, [pick, current], [context, reference], api_name="context", api_visibility="undocumented"
         )
         copy.click(None, [copied], None, js=COPY_JS)
-        blocks.load(handlers.history, None, [chat], api_visibility="undocumented")
+        blocks.load(handlers.history, None, [chat, status, only], api_visibility="undocumented")
         gr.api(handlers.ask_json, api_name="ask")
     return blocks
 
@@ -184,10 +195,10 @@ class _Handlers:
 
     def _answer(self, question: object, k: object, documents: object, request: gr.Request | None) -> Answer:
         """The engine's answer; the request is checked by the engine, as for the JSON API."""
-        user = request_user(self.settings, request.headers if request else None)
-        self.engine.check_request(question, k, documents or None)  # before waiting for a slot
+        access = request_access(self.settings, request.headers if request else None)
+        self.engine.check_request(question, k, documents or None, access=access)  # before waiting for a slot
         with self.gate.slot():
-            return self.engine.ask(question, k, documents or None, user=user, channel="ui")  # type: ignore[arg-type]
+            return self.engine.ask(question, k, documents or None, channel="ui", access=access)  # type: ignore[arg-type]
 
     def ask(
         self, question: str, history: list[dict[str, Any]], replies: list[Reply], documents: list[str] | None,
@@ -229,8 +240,9 @@ class _Handlers:
     def _permalink(self, answer_id: str | None) -> str | None:
         return f"{self.settings.root_path}/answers/{answer_id}" if answer_id else None
 
-    def _logged(self, answer_id: str) -> Answer | None:
-        """The answer as the audit log holds it (None when there is no such answer)."""
+    def _logged(self, answer_id: str, request: gr.Request | None) -> Answer | None:
+        """The answer as the audit log holds it (None when there is no such answer, or when it cites a
+        document the requester may not read: a message's id can be forged)."""
         try:
             record = self.engine.audit.get(answer_id)
         except AuditError:
@@ -238,8 +250,8 @@ class _Handlers:
         if record.kind != "answer":
             return None
         answer = answer_from_json(record.payload | {"id": record.id})
-        # a message's id can be forged: under a need-to-know policy only answers from open documents
-        if not answer.document_ids() <= {d.id for d in self.engine.documents()}:
+        access = request_access(self.settings, request.headers if request else None)
+        if not answer.document_ids() <= {d.id for d in self.engine.documents(access)}:
             return None
         return answer
 
@@ -261,17 +273,17 @@ class _Handlers:
         body = format_context(document.text, cite.start, cite.end)
         return f"{context_heading(passage)}\n\n{quote_block(body)}", passage.reference()
 
-    def view(self, pick: int | None, current: str) -> tuple[str, str]:
+    def view(self, pick: int | None, current: str, request: gr.Request) -> tuple[str, str]:
         """Show the chosen passage of the current reply inside its document."""
-        answer = self._logged(current) if current else None
+        answer = self._logged(current, request) if current else None
         if answer is None or pick is None:
             return "Choose a passage.", ""
         return self._context(answer, int(pick))
 
-    def select_reply(self, event: gr.SelectData) -> tuple[Any, ...]:
+    def select_reply(self, event: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
         """Clicking a reply offers its passages in "view in context" and makes it the one "copy answer" copies."""
         ids = answer_links(event.value)
-        answer = self._logged(ids[0]) if ids else None
+        answer = self._logged(ids[0], request) if ids else None
         if answer is None:
             return "", gr.Dropdown(choices=[], value=None), "Choose a reply.", "", "", gr.skip()
         return answer.id, *self._offer(answer), plain_text(answer, self._permalink(answer.id)), gr.Accordion(open=True)
@@ -284,7 +296,7 @@ class _Handlers:
     def feedback(self, event: gr.LikeData, request: gr.Request) -> None:
         """Thumbs up/down on a reply, stored in the audit log against the answer that reply shows."""
         ids = answer_links(event.value)
-        if event.liked not in (True, False) or not ids or self._logged(ids[0]) is None:
+        if event.liked not in (True, False) or not ids or self._logged(ids[0], request) is None:
             return
         try:
             self.engine.feedback(
@@ -294,13 +306,16 @@ class _Handlers:
             _log.error("audit log write failed: %s", exc)
             raise gr.Error(UNRECORDED_TEXT) from None
 
-    def history(self, request: gr.Request) -> list[dict[str, Any]]:
-        """The user's previous questions and replies, from the audit log, when the page loads."""
-        user = request_user(self.settings, request.headers if request else None)
+    def history(self, request: gr.Request) -> tuple[Any, ...]:
+        """When the page loads: the user's previous questions and replies (from the audit log), the status
+        line and the documents they may search."""
+        access = request_access(self.settings, request.headers if request else None)
+        choices = [(f"{d.title} ({d.path})", d.id) for d in self.engine.documents(access)]
         try:
-            return history_messages(self.engine.audit, user, MAX_HISTORY // 2)
+            messages = history_messages(self.engine.audit, access.user, MAX_HISTORY // 2)
         except AuditError:  # no log yet, or unreadable: an empty chat
-            return []
+            messages = []
+        return messages, status_text(self.engine, access), gr.Dropdown(choices=choices)
 
 
 def _sentence(message: str) -> str:
