@@ -84,10 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     chain.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
     chain.add_argument("--key", type=Path, default=None, help="the log's key file (default: THREATQA_AUDIT_KEY)")
-    chain.add_argument("--checkpoint", action="append", default=[], metavar="SEQ:HASH",
-                       help="a checkpoint printed by an earlier verify: records 1..SEQ must be unchanged and there")
-    chain.add_argument("--without-key", action="store_true",
-                       help="check hashes and checkpoints only (for a reader who does not hold the key)")
+    chain.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="SEQ:HASH",
+        help="a checkpoint printed by an earlier verify: records 1..SEQ must be unchanged and there",
+    )
+    chain.add_argument(
+        "--without-key",
+        action="store_true",
+        help="check hashes and checkpoints only (for a reader who does not hold the key)",
+    )
     chain.set_defaults(handler=_cmd_audit_verify)
     migrate = audit_sub.add_parser("migrate", help="give an older log MACs and lean records now, then compact it")
     migrate.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
