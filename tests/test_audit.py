@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import sqlite3
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import immutable
 from threatqa.audit import AuditLog
 from threatqa.cli import main
 from threatqa.config import Settings
@@ -136,20 +134,9 @@ def test_audit_verify_command_names_the_broken_record(log: AuditLog, capsys: pyt
     assert "broken at record 2" in capsys.readouterr().out
 
 
-@contextlib.contextmanager
-def _immutable(path: Path) -> Iterator[None]:
-    """Make a file unwritable even for root (chattr +i); skip where the filesystem refuses."""
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("chattr +i is not permitted here")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 def test_read_only_log_fails_the_request_and_keeps_the_records(engine: Engine, settings: Settings) -> None:
     engine.ask(QUESTION)
-    with _immutable(settings.audit), pytest.raises(AuditError, match=str(settings.audit)):
+    with immutable(settings.audit), pytest.raises(AuditError, match=str(settings.audit)):
         engine.ask(QUESTION)
     assert [r.question for r in AuditLog(settings.audit).records()] == [QUESTION]
     assert AuditLog(settings.audit).verify_chain().ok

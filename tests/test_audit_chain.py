@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import immutable
 from threatqa.audit import AuditLog, Checkpoint
 from threatqa.audit_chain import keyed_record_hash
 from threatqa.audit_key import read_key, record_mac
@@ -246,19 +247,9 @@ def test_a_really_full_disk_fails_appends_and_keeps_the_records(tmp_path: Path) 
         assert report.ok and report.checked == written
 
 
-@contextlib.contextmanager
-def _immutable(path: Path) -> Iterator[None]:
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("chattr +i is not permitted here")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 def test_check_reports_problems_without_paths(log: AuditLog, tmp_path: Path) -> None:
     assert log.check() is None
-    with _immutable(log.path):
+    with immutable(log.path):
         problem = log.check()
         assert problem and "not writable" in problem and str(tmp_path) not in problem
         with pytest.raises(AuditError):

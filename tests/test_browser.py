@@ -19,16 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from browser_support import CHROMIUM, CHROMIUM_ARGS, OUTPUT
 from conftest import CORPUS, CORPUS_FILE
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
-]  # fmt: skip
-OUTPUT = Path(__file__).parent / "output"
 HOSTILE_DOC = """Harbour smuggling bulletin
 
 The harbour smuggling ring hides contraband inside refrigerated containers at night. \
