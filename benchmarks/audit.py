@@ -14,37 +14,25 @@ passages, k=5 and k=100), in the same run:
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import passages, squad_questions
 
+from old_audit import OLD_SCHEMA, old_record  # tests/old_audit.py: the writer before this change
 from threatqa.audit import AuditLog
 from threatqa.config import Settings
 from threatqa.engine import Engine
-
-_OLD_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL,
-    user TEXT, channel TEXT NOT NULL, question TEXT NOT NULL, payload TEXT NOT NULL,
-    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"""
 
 
 class OldLog:
@@ -58,16 +46,9 @@ class OldLog:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_OLD_SCHEMA)
+            conn.executescript(OLD_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
-            last = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (last[0] + 1, last[1]) if last else (1, "0" * 64)
-            rid = record_id or uuid.uuid4().hex
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9 // 10**6:03d}Z"
-            body = json.dumps(payload, ensure_ascii=False, sort_keys=True)
-            fields = [seq, rid, stamp, kind, user, channel, question, body, prev]
-            digest = hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode("utf-8")).hexdigest()
-            conn.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*fields, digest))
+            old_record(conn, kind, question, payload, user, channel, record_id)
             conn.execute("COMMIT")
         finally:
             conn.close()

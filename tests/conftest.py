@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,3 +105,23 @@ def immutable(path: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def tamper_audit(path: Path, *statements: str) -> None:
+    """Change an audit log's file around its append-only triggers, as anyone who can write it could."""
+    conn = sqlite3.connect(path)
+    for table in ("records", "texts"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_update")
+        conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+_COLUMNS = "id, time, kind, user, channel, question, payload, prev_hash, hash, format, lean, mac"
+SWAP_RECORDS_2_AND_3 = (  # statements for tamper_audit: records 2 and 3 change places, each kept whole
+    f"CREATE TEMP TABLE r AS SELECT seq, {_COLUMNS} FROM records WHERE seq IN (2, 3)",
+    "DELETE FROM records WHERE seq IN (2, 3)",
+    f"INSERT INTO records SELECT 5 - seq, {_COLUMNS} FROM r",
+)

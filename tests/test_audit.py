@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import immutable
+from conftest import SWAP_RECORDS_2_AND_3, immutable, tamper_audit
 from threatqa.audit import AuditLog
 from threatqa.cli import main
 from threatqa.config import Settings
@@ -79,13 +79,6 @@ def test_verify_command_exit_codes(engine: Engine, settings: Settings, tmp_path:
     assert main(["verify", "--docs", docs, str(saved)]) == 1
 
 
-def _tamper(path: Path, *sql: str) -> None:
-    conn = sqlite3.connect(path)
-    conn.executescript("DROP TRIGGER records_no_update; DROP TRIGGER records_no_delete;" + ";".join(sql))
-    conn.commit()
-    conn.close()
-
-
 @pytest.fixture()
 def log(tmp_path: Path) -> AuditLog:
     log = AuditLog(tmp_path / "audit.sqlite3")
@@ -104,32 +97,26 @@ def test_log_refuses_updates_through_sqlite(log: AuditLog) -> None:
 
 
 def test_chain_detects_an_edited_record(log: AuditLog) -> None:
-    _tamper(log.path, "UPDATE records SET question = 'forged' WHERE seq = 3")
+    tamper_audit(log.path, "UPDATE records SET question = 'forged' WHERE seq = 3")
     report = log.verify_chain()
     assert not report.ok and report.broken_seq == 3 and "edited" in report.reason
 
 
 def test_chain_detects_a_deleted_record(log: AuditLog) -> None:
-    _tamper(log.path, "DELETE FROM records WHERE seq = 2")
+    tamper_audit(log.path, "DELETE FROM records WHERE seq = 2")
     report = log.verify_chain()
     assert not report.ok and report.broken_seq == 3 and "deleted" in report.reason
 
 
 def test_chain_detects_reordered_records(log: AuditLog) -> None:
-    columns = "id, time, kind, user, channel, question, payload, prev_hash, hash, format, lean, mac"
-    _tamper(
-        log.path,
-        f"CREATE TEMP TABLE r AS SELECT seq, {columns} FROM records WHERE seq IN (2, 3)",
-        "DELETE FROM records WHERE seq IN (2, 3)",
-        f"INSERT INTO records SELECT 5 - seq, {columns} FROM r",
-    )
+    tamper_audit(log.path, *SWAP_RECORDS_2_AND_3)
     report = log.verify_chain()
     assert not report.ok and report.broken_seq == 2
 
 
 def test_audit_verify_command_names_the_broken_record(log: AuditLog, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", "--audit", str(log.path)]) == 0
-    _tamper(log.path, "UPDATE records SET user = 'mallory' WHERE seq = 2")
+    tamper_audit(log.path, "UPDATE records SET user = 'mallory' WHERE seq = 2")
     assert main(["audit", "verify", "--audit", str(log.path)]) == 1
     assert "broken at record 2" in capsys.readouterr().out
 

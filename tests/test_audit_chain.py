@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import immutable
+from conftest import SWAP_RECORDS_2_AND_3, immutable, tamper_audit
 from threatqa.audit import AuditLog, Checkpoint
 from threatqa.audit_chain import keyed_record_hash
 from threatqa.audit_key import read_key, record_mac
@@ -37,18 +37,6 @@ def log(tmp_path: Path) -> AuditLog:
     return log
 
 
-def _sql(path: Path, *statements: str) -> None:
-    """Change the file around the triggers, as anyone who can write it could."""
-    conn = sqlite3.connect(path)
-    for table in ("records", "texts"):
-        conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_update")
-        conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
-    for statement in statements:
-        conn.execute(statement)
-    conn.commit()
-    conn.close()
-
-
 def _rehash(path: Path, first: int, key: bytes | None = None) -> None:
     """Recompute every chain hash from record `first` on (and the MACs, when the forger has the key)."""
     conn = sqlite3.connect(path)
@@ -67,7 +55,7 @@ def _rehash(path: Path, first: int, key: bytes | None = None) -> None:
 
 
 def test_edit_with_recomputed_hashes_is_caught_by_the_mac(log: AuditLog) -> None:
-    _sql(log.path, "UPDATE records SET question = 'forged' WHERE seq = 2")
+    tamper_audit(log.path, "UPDATE records SET question = 'forged' WHERE seq = 2")
     _rehash(log.path, 2)
     assert log.verify_chain(use_key=False).ok, "the plain hash chain alone is fooled"
     report = log.verify_chain()
@@ -75,13 +63,7 @@ def test_edit_with_recomputed_hashes_is_caught_by_the_mac(log: AuditLog) -> None
 
 
 def test_reorder_with_recomputed_hashes_is_caught(log: AuditLog) -> None:
-    columns = "id, time, kind, user, channel, question, payload, prev_hash, hash, format, lean, mac"
-    _sql(
-        log.path,
-        f"CREATE TEMP TABLE r AS SELECT seq, {columns} FROM records WHERE seq IN (2, 3)",
-        "DELETE FROM records WHERE seq IN (2, 3)",
-        f"INSERT INTO records SELECT 5 - seq, {columns} FROM r",
-    )
+    tamper_audit(log.path, *SWAP_RECORDS_2_AND_3)
     assert log.verify_chain().broken_seq == 2
     _rehash(log.path, 2)
     report = log.verify_chain()
@@ -91,7 +73,7 @@ def test_reorder_with_recomputed_hashes_is_caught(log: AuditLog) -> None:
 def test_deleting_the_last_records_is_caught_by_a_checkpoint(log: AuditLog) -> None:
     checkpoint = log.verify_chain().head
     assert checkpoint.seq == 4
-    _sql(log.path, "DELETE FROM records WHERE seq >= 3")
+    tamper_audit(log.path, "DELETE FROM records WHERE seq >= 3")
     assert log.verify_chain().ok, "a shorter chain is still a chain"
     report = log.verify_chain([checkpoint])
     assert not report.ok and report.broken_seq == 4 and "deleted" in report.reason and report.head.seq == 2
@@ -100,7 +82,7 @@ def test_deleting_the_last_records_is_caught_by_a_checkpoint(log: AuditLog) -> N
 def test_a_rewrite_by_the_key_holder_is_caught_by_a_checkpoint(log: AuditLog) -> None:
     checkpoint = Checkpoint.parse(str(log.verify_chain().head))
     log.append("answer", "later", {"passages": []})
-    _sql(log.path, "UPDATE records SET user = 'mallory' WHERE seq = 2")
+    tamper_audit(log.path, "UPDATE records SET user = 'mallory' WHERE seq = 2")
     _rehash(log.path, 2, read_key(log.key_path))
     assert log.verify_chain().ok, "hashes and MACs recomputed with the key"
     report = log.verify_chain([checkpoint])
@@ -116,7 +98,7 @@ def _edit_texts(path: Path, old: str, new: str) -> str:
         if old in unpack(value):
             changed.append((pack(unpack(value).replace(old, new)), name))
     conn.close()
-    _sql(path)  # drop the triggers
+    tamper_audit(path)  # drop the triggers
     conn = sqlite3.connect(path)
     conn.executemany("UPDATE texts SET text = ? WHERE sha256 = ?", changed)
     conn.commit()
@@ -130,9 +112,9 @@ def test_an_altered_or_missing_passage_text_is_caught(engine: Engine) -> None:
     name = _edit_texts(log.path, "billion", "million")
     report = log.verify_chain()
     assert not report.ok and report.broken_seq == 1 and name in report.reason
-    _sql(log.path, f"DELETE FROM texts WHERE sha256 = '{name}'")
+    tamper_audit(log.path, f"DELETE FROM texts WHERE sha256 = '{name}'")
     assert name in log.verify_chain().reason
-    _sql(log.path, "UPDATE texts SET text = x'00ff00ff'")
+    tamper_audit(log.path, "UPDATE texts SET text = x'00ff00ff'")
     assert "altered" in log.verify_chain().reason
 
 
@@ -287,7 +269,7 @@ def test_cli_prints_a_checkpoint_that_proves_later(log: AuditLog, capsys: pytest
     log.append("answer", "later", {"passages": []})
     assert main(["audit", "verify", *audit, "--checkpoint", checkpoint]) == 0
     assert "checkpoints 4 hold" in capsys.readouterr().out
-    _sql(log.path, "DELETE FROM records WHERE seq >= 4")
+    tamper_audit(log.path, "DELETE FROM records WHERE seq >= 4")
     assert main(["audit", "verify", *audit, "--checkpoint", checkpoint]) == 1
     assert "records were deleted" in capsys.readouterr().out
     assert main(["audit", "verify", *audit, "--checkpoint", "4:nothex"]) == 1

@@ -3,13 +3,12 @@ append (or by `threatqa audit migrate`), and accepted by `audit verify` with the
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from old_audit import OLD_SCHEMA, old_record
 from test_audit_chain import _edit_texts
 from threatqa.audit import AuditLog, Checkpoint
 from threatqa.cli import main
@@ -19,29 +18,12 @@ from threatqa.errors import AuditError
 
 QUESTIONS = ["How much money does serious organised crime generate in the UK each year?", "cocaine tonnes"]
 
-# The writer of threatqa 0.1.0 before MACs (src/threatqa/audit.py at 833f93d), kept verbatim in substance.
-_OLD_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL,
-    user TEXT, channel TEXT NOT NULL, question TEXT NOT NULL, payload TEXT NOT NULL,
-    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"""
-
 
 def old_append(path: Path, seq: int, kind: str, question: str, payload: dict, user: str | None = None) -> str:
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(_OLD_SCHEMA)
-    last = conn.execute("SELECT hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-    prev = last[0] if last else "0" * 64
+    conn.executescript(OLD_SCHEMA)
     rid, stamp = payload.get("id") or f"id{seq}", f"2026-01-01T00:00:{seq:02d}.000Z"
-    body = json.dumps(payload, ensure_ascii=False, sort_keys=True)
-    fields = [seq, rid, stamp, kind, user, "api", question, body, prev]
-    digest = hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode("utf-8")).hexdigest()
-    conn.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*fields, digest))
+    digest = old_record(conn, kind, question, payload, user, "api", rid, stamp)
     conn.close()
     return digest
 
