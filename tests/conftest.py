@@ -19,6 +19,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: nothing in the tests may reach a hub
 
+from threatqa.audit import AuditLog
 from threatqa.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,16 @@ def immutable(path: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.fixture()
+def log(tmp_path: Path) -> AuditLog:
+    """An audit log of four answers whose chain verifies."""
+    log = AuditLog(tmp_path / "audit.sqlite3")
+    for i in range(4):
+        log.append("answer", f"question {i}", {"passages": [], "n": i}, user=f"user{i}", channel="api")
+    assert log.verify_chain().ok and log.verify_chain().checked == 4
+    return log
 
 
 def tamper_audit(path: Path, *statements: str) -> None:

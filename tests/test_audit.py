@@ -79,15 +79,6 @@ def test_verify_command_exit_codes(engine: Engine, settings: Settings, tmp_path:
     assert main(["verify", "--docs", docs, str(saved)]) == 1
 
 
-@pytest.fixture()
-def log(tmp_path: Path) -> AuditLog:
-    log = AuditLog(tmp_path / "audit.sqlite3")
-    for i in range(4):
-        log.append("answer", f"question {i}", {"passages": [], "n": i}, user=f"user{i}", channel="api")
-    assert log.verify_chain().ok and log.verify_chain().checked == 4
-    return log
-
-
 def test_log_refuses_updates_through_sqlite(log: AuditLog) -> None:
     conn = sqlite3.connect(log.path)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):

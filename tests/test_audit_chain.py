@@ -28,15 +28,6 @@ from threatqa.errors import AuditError
 QUESTION = "How much money does serious organised crime generate in the UK each year?"
 
 
-@pytest.fixture()
-def log(tmp_path: Path) -> AuditLog:
-    log = AuditLog(tmp_path / "audit.sqlite3")
-    for i in range(4):
-        log.append("answer", f"question {i}", {"passages": [], "n": i}, user=f"user{i}", channel="api")
-    assert log.verify_chain().ok and log.verify_chain().checked == 4
-    return log
-
-
 def _rehash(path: Path, first: int, key: bytes | None = None) -> None:
     """Recompute every chain hash from record `first` on (and the MACs, when the forger has the key)."""
     conn = sqlite3.connect(path)
