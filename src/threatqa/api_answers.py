@@ -15,10 +15,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from threatqa.answer import Answer, answer_from_json, format_markdown, plain_text
+from threatqa.answer import Answer, format_markdown, plain_text
 from threatqa.config import Settings
 from threatqa.engine import Engine
-from threatqa.errors import AuditError, ThreatQAError
+from threatqa.errors import ThreatQAError
 from threatqa.policy import Access
 from threatqa.store import passage_sha256
 from threatqa.ui import request_access
@@ -46,17 +46,7 @@ def add_answer_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
     def logged(answer_id: str, request: Request) -> tuple[Answer, Any] | None:
         if not ANSWER_ID.match(answer_id):
             return None
-        try:
-            record = engine.audit.get(answer_id)
-        except AuditError:
-            return None
-        if record.kind != "answer":
-            return None
-        answer = answer_from_json(record.payload | {"id": record.id})
-        # an answer citing a document the requester may not read is not found, rather than shown
-        if not answer.document_ids() <= {d.id for d in engine.documents(request_access(settings, request.headers))}:
-            return None
-        return answer, record
+        return engine.logged_answer(answer_id, request_access(settings, request.headers))
 
     @app.get("/answers/{name}")
     def answer(name: str, request: Request) -> Response:

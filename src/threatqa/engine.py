@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from threatqa.answer import Answer, build_answer, collapse
-from threatqa.audit import AuditLog
+from threatqa.answer import Answer, answer_from_json, build_answer, collapse
+from threatqa.audit import AuditLog, AuditRecord
 from threatqa.chunking import ChunkConfig
 from threatqa.config import Settings
 from threatqa.dense import DenseConfig, set_compute_threads
@@ -23,6 +23,7 @@ from threatqa.embeddings import (
     load_reranker,
 )
 from threatqa.errors import (
+    AuditError,
     ConfigError,
     IndexMismatch,
     IndexMissing,
@@ -314,6 +315,20 @@ class Engine:
                 f"{len(unknown)} unknown document(s): {shown}; /api/documents lists the ids and paths to use"
             )
         return k
+
+    def logged_answer(self, answer_id: str, access: Access | None = None) -> tuple[Answer, AuditRecord] | None:
+        """An answer as the audit log holds it, with its record; None when there is no such answer or when
+        it cites a document `access` may not read (an id in a link or a chat message can be forged)."""
+        try:
+            record = self.audit.get(answer_id)
+        except AuditError:
+            return None
+        if record.kind != "answer":
+            return None
+        answer = answer_from_json(record.payload | {"id": record.id})
+        if not answer.document_ids() <= {d.id for d in self.documents(access)}:
+            return None
+        return answer, record
 
     def feedback(self, answer_id: str, helpful: bool, user: str | None = None, channel: str = "ui") -> None:
         """Store a thumbs up/down for a logged answer, with its question."""

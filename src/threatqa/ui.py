@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from threatqa.answer import Answer, answer_from_json, best_sentence, plain_text
+from threatqa.answer import Answer, best_sentence, plain_text
 from threatqa.config import Settings
 from threatqa.engine import Engine
 from threatqa.errors import AuditError, QuestionError, ThreatQAError
@@ -241,19 +241,11 @@ class _Handlers:
         return f"{self.settings.root_path}/answers/{answer_id}" if answer_id else None
 
     def _logged(self, answer_id: str, request: gr.Request | None) -> Answer | None:
-        """The answer as the audit log holds it (None when there is no such answer, or when it cites a
-        document the requester may not read: a message's id can be forged)."""
-        try:
-            record = self.engine.audit.get(answer_id)
-        except AuditError:
-            return None
-        if record.kind != "answer":
-            return None
-        answer = answer_from_json(record.payload | {"id": record.id})
-        access = request_access(self.settings, request.headers if request else None)
-        if not answer.document_ids() <= {d.id for d in self.engine.documents(access)}:
-            return None
-        return answer
+        """The answer as the audit log holds it, if the requester may read what it cites (Engine.logged_answer)."""
+        found = self.engine.logged_answer(
+            answer_id, request_access(self.settings, request.headers if request else None)
+        )
+        return found[0] if found else None
 
     def _offer(self, answer: Answer) -> tuple[Any, str, str]:
         if not answer.passages:
