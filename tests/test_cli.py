@@ -110,3 +110,48 @@ def test_settings_listing(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["settings"]) == 0
     out = capsys.readouterr().out
     assert "THREATQA_MODEL=" in out and "THREATQA_PORT=" in out
+
+
+@pytest.fixture()
+def labelled(cli_env: Path) -> list[str]:
+    """A red, a blue and a public document under a need-to-know policy; the CLI's path arguments."""
+    docs = cli_env / "labelled"
+    for path, team in (("red/scarlet.txt", "Scarlet"), ("blue/azure.txt", "Azure"), ("public/note.txt", "Public")):
+        (docs / path).parent.mkdir(parents=True, exist_ok=True)
+        (docs / path).write_text(f"Operation {team}: couriers moved cocaine through the docks.\n", encoding="utf-8")
+    (cli_env / "threatqa-policy.toml").write_text(
+        '[[rule]]\npaths = ["red/*"]\ngroups = ["red"]\n\n[[rule]]\npaths = ["blue/*"]\ngroups = ["blue"]\n\n'
+        '[[rule]]\npaths = ["public/*"]\ngroups = ["open"]\n', encoding="utf-8",
+    )  # fmt: skip
+    return ["--docs", str(docs), "--index", str(cli_env / "li"), "--audit", str(cli_env / "audit.sqlite3")]
+
+
+def _sources(capsys: pytest.CaptureFixture[str]) -> set[str]:
+    return {p["source"] for p in json.loads(capsys.readouterr().out)["passages"]}
+
+
+def test_ask_as_a_user_with_groups(labelled: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    question = "Who moved cocaine through the docks?"
+    assert main(["ask", *labelled, "-k", "5", "--json", question]) == 0
+    assert _sources(capsys) == {"public/note.txt"}  # no groups: what is open to all
+    assert main(["ask", *labelled, "-k", "5", "--json", "--user", "rita", "--groups", "red", question]) == 0
+    assert _sources(capsys) == {"red/scarlet.txt", "public/note.txt"}
+    assert main(["ask", *labelled, "-k", "5", "--json", "--groups", "red, blue", question]) == 0
+    assert _sources(capsys) == {"red/scarlet.txt", "blue/azure.txt", "public/note.txt"}
+    assert main(["audit", "export", "--audit", labelled[-1], "--user", "rita"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["seq"], r["user"], r["payload"]["settings"]["groups"]) for r in records] == [(2, "rita", ["red"])]
+
+
+def test_replay_asks_as_the_records_user_and_groups(labelled: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ask", *labelled, "--json", "--user", "rita", "--groups", "red", "Operation Scarlet couriers"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["passages"][0]["source"] == "red/scarlet.txt"
+    assert main(["audit", "replay", *labelled, first["id"]]) == 0
+    out = capsys.readouterr().out
+    assert "as user rita, groups red" in out and "2 unchanged, 0 moved, 0 new, 0 gone" in out
+    assert main(["audit", "export", "--audit", labelled[-1], "--range", "2:"]) == 0
+    replayed = json.loads(capsys.readouterr().out)
+    assert [(r["user"], r["channel"], r["payload"]["settings"]["groups"]) for r in replayed] == [
+        ("rita", "replay", ["red"])
+    ]

@@ -7,14 +7,12 @@ access (auth none / token / trusted header), CORS for the configured origins onl
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -34,15 +32,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from threatqa.api_answers import add_answer_routes
+from threatqa.api_answers import add_answer_routes, checkable
+from threatqa.api_roles import add_role_routes
+from threatqa.auth import TOKEN_COOKIE, check_auth_settings, presented_tokens, request_access, token_access
 from threatqa.config import Settings
 from threatqa.engine import MAX_DOCUMENT_FILTER, MAX_K, Engine
-from threatqa.errors import AuditError, ConfigError, QuestionError, QuestionTooLong, ThreatQAError
-from threatqa.ui import BUSY_TEXT, CSS, HEAD, build_ui, request_access, theme
+from threatqa.errors import AuditError, QuestionError, QuestionTooLong, ThreatQAError
+from threatqa.ui import BUSY_TEXT, CSS, HEAD, build_ui, theme
 from threatqa.verify import answers_from_json, verify_answers
 
 log = logging.getLogger("threatqa.api")
-TOKEN_COOKIE = "threatqa_token"
 
 
 class Busy(ThreatQAError):
@@ -95,13 +94,14 @@ class AskRequest(BaseModel):
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The FastAPI app with the JSON API under /api and the chat UI at /."""
-    _check_auth_settings(settings)
+    check_auth_settings(settings)
     engine = engine or Engine.start(settings, build="stale")
     gate = Gate(settings.workers, settings.queue_size)
     app = FastAPI(title="ThreatQA", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.engine, app.state.gate = engine, gate
     _add_routes(app, settings, engine, gate)
     add_answer_routes(app, settings, engine)
+    add_role_routes(app, settings, engine)
     _add_error_handlers(app)
     # last added runs first: headers on every response, then CORS (answers preflights), then access, then
     # the request size and the routes Gradio may serve; unexpected errors become a 500 inside all of them
@@ -150,12 +150,13 @@ def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) ->
     @app.post("/api/verify")
     def verify(request: Request, body: dict[str, Any] | list[Any] = Body(...)) -> Any:
         """Check saved citations (an /api/ask answer, or a list of them) against the indexed documents
-        as they are now on disk; at most `MAX_VERIFY_CITATIONS` citations a request."""
+        as they are now on disk (those the requester may read; an auditor: any); at most
+        `MAX_VERIFY_CITATIONS` citations a request."""
         try:
             answers = answers_from_json(body, MAX_VERIFY_CITATIONS)
             with gate.slot():
-                readable = engine.documents(request_access(settings, request.headers))
-                findings = verify_answers(answers, settings.docs, readable)
+                documents = checkable(engine, request_access(settings, request.headers))
+                findings = verify_answers(answers, settings.docs, documents)
         except Busy:
             raise
         except ThreatQAError as exc:
@@ -227,18 +228,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, str(exc))
 
 
-def _check_auth_settings(settings: Settings) -> None:
-    if settings.auth == "token" and not settings.auth_token:
-        raise ConfigError("auth=token needs a token: set THREATQA_AUTH_TOKEN")
-    if settings.auth == "header" and not settings.auth_header.strip():
-        raise ConfigError("auth=header needs a header name: set THREATQA_AUTH_HEADER")
-
-
 class AccessMiddleware:
     """Lets a request through only when the auth setting allows it; the same check for UI and API.
 
     token: `Authorization: Bearer <token>`, or the cookie that `?token=<token>` on any page sets
-    (browsers cannot add headers to an iframe or to the UI's own requests).
+    (browsers cannot add headers to an iframe or to the UI's own requests); the static token or a
+    user's token from the token file (auth.py says who each one is).
     header: the portal's proxy sets the user name in `auth_header`; requests without it are refused.
     """
 
@@ -258,14 +253,16 @@ class AccessMiddleware:
             return
         query_token = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
         if self._valid(query_token):
-            await self.app(scope, receive, _setting_cookie(send, scope, self.settings.auth_token))
-        elif self._valid(_bearer(headers)) or self._valid(_cookie(headers, TOKEN_COOKIE)):
+            # this request's routes see the token as its bearer token (they read who is asking from headers)
+            scope = _with_bearer(scope, query_token)
+            await self.app(scope, receive, _setting_cookie(send, scope, query_token))
+        elif any(self._valid(token) for token in presented_tokens(headers)):
             await self.app(scope, receive, send)
         else:
             await self._refuse(scope, receive, send, "a valid token is needed (Authorization: Bearer <token>)")
 
     def _valid(self, token: str) -> bool:
-        return bool(token) and hmac.compare_digest(token.encode(), self.settings.auth_token.encode())
+        return token_access(self.settings, token) is not None
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, message: str) -> None:
         if scope["type"] == "websocket":
@@ -275,18 +272,10 @@ class AccessMiddleware:
         await _error(401, message, headers)(scope, receive, send)
 
 
-def _bearer(headers: Headers) -> str:
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
-def _cookie(headers: Headers, name: str) -> str:
-    cookies: SimpleCookie = SimpleCookie()
-    try:
-        cookies.load(headers.get("cookie", ""))
-    except Exception:  # a malformed cookie header is simply no token
-        return ""
-    return cookies[name].value if name in cookies else ""
+def _with_bearer(scope: Scope, token: str) -> Scope:
+    """The scope with `Authorization: Bearer <token>` in place of any authorization header it had."""
+    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"authorization"]
+    return {**scope, "headers": [*headers, (b"authorization", f"Bearer {token}".encode("latin-1"))]}
 
 
 def _setting_cookie(send: Send, scope: Scope, token: str) -> Send:

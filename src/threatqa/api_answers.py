@@ -2,8 +2,10 @@
 
 `/answers/<id>` re-renders an answer from the audit log with a verify status per citation;
 `/answers/<id>.md` and `.json` export it; `/answers/<id>/passages/<n>` shows passage n in its
-document. `/api/documents/<id>/file` serves an indexed document's original file, found by its
-document id only (never by a path from the request), from inside the docs folder.
+document. An auditor may open and verify any logged answer; the document around a passage is
+shown only to those who may read the document. `/api/documents/<id>/file` serves an indexed
+document's original file, found by its document id only (never by a path from the request), from
+inside the docs folder.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from threatqa.answer import Answer, format_markdown, plain_text
+from threatqa.auth import request_access
 from threatqa.config import Settings
 from threatqa.engine import Engine
 from threatqa.errors import ThreatQAError
+from threatqa.index import DocumentInfo
 from threatqa.policy import Access
 from threatqa.store import passage_sha256
-from threatqa.ui import request_access
 from threatqa.ui_pages import Check, answer_page, context_page
 from threatqa.verify import verify_answers
 
@@ -42,11 +45,21 @@ def _not_found(what: str) -> JSONResponse:
     return JSONResponse({"detail": f"{what} not found"}, status_code=404)
 
 
+AUDITOR = "auditor"
+
+
+def checkable(engine: Engine, access: Access) -> list[DocumentInfo]:
+    """The documents whose citations `access` may check: any indexed one for an auditor, else the readable."""
+    return engine.index.documents() if AUDITOR in access.roles else engine.documents(access)
+
+
 def add_answer_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
-    def logged(answer_id: str, request: Request) -> tuple[Answer, Any] | None:
+    def logged(answer_id: str, request: Request, audit: bool = True) -> tuple[Answer, Any] | None:
+        """The logged answer, if the requester may see it (`audit`: an auditor may see any)."""
         if not ANSWER_ID.match(answer_id):
             return None
-        return engine.logged_answer(answer_id, request_access(settings, request.headers))
+        access = request_access(settings, request.headers)
+        return engine.logged_answer(answer_id, access, every=audit and AUDITOR in access.roles)
 
     @app.get("/answers/{name}")
     def answer(name: str, request: Request) -> Response:
@@ -70,7 +83,7 @@ def add_answer_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
     @app.get("/answers/{answer_id}/passages/{rank}")
     def in_context(answer_id: str, rank: int, request: Request) -> Response:
         """Passage `rank` of an answer inside its document, the exact span marked and scrolled into view."""
-        found = logged(answer_id, request)
+        found = logged(answer_id, request, audit=False)  # the whole document: for its readers only
         passage = next((p for p in found[0].passages if p.rank == rank), None) if found else None
         if found is None or passage is None:
             return _not_found("passage")
@@ -119,8 +132,8 @@ def _checks(answer: Answer, settings: Settings, engine: Engine, access: Access) 
                               "end": cite.end, "document_sha256": cite.document_sha256,
                               "passage_sha256": cite.passage_sha256})  # fmt: skip
     try:
-        readable = engine.documents(access)
-        findings = verify_answers([{"question": answer.question, "passages": cited}], settings.docs, readable)
+        findings = verify_answers([{"question": answer.question, "passages": cited}], settings.docs,
+                                  checkable(engine, access))  # fmt: skip
     except ThreatQAError:
         return {}
     return {(f.source, f.start, f.end): Check(f.ok, f.status, f.detail) for f in findings}

@@ -296,12 +296,15 @@ class AuditLog:
                 raise AuditError(f"no audit record {record_id!r} in {self.path}")
             return _record(found, conn)
 
-    def records(self, first: int | None = None, last: int | None = None) -> list[AuditRecord]:
-        """Records with first <= seq <= last (either bound may be omitted), in order."""
+    def records(self, first: int | None = None, last: int | None = None, user: str | None = None) -> list[AuditRecord]:
+        """Records with first <= seq <= last (either bound may be omitted), in order; with `user`, only
+        the records that name that user."""
+        bounds = (first if first is not None else 0, last if last is not None else 2**62)
+        mine = " AND user = ?" if user is not None else ""
         with self._reader() as conn:
             rows = conn.execute(
-                "SELECT * FROM records WHERE seq >= ? AND seq <= ? ORDER BY seq",
-                (first if first is not None else 0, last if last is not None else 2**62),
+                f"SELECT * FROM records WHERE seq >= ? AND seq <= ?{mine} ORDER BY seq",
+                bounds + ((user,) if user is not None else ()),
             ).fetchall()
             return [_record(row, conn) for row in rows]
 

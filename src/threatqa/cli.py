@@ -11,9 +11,12 @@ from pathlib import Path
 from threatqa import __version__
 from threatqa.answer import csv_rows, csv_writer, format_text
 from threatqa.audit import AuditLog, AuditRecord, Checkpoint
+from threatqa.audit_export import export, parse_range, select
+from threatqa.auth import add_token
 from threatqa.config import Settings, settings_markdown
 from threatqa.engine import Engine, describe_build, index_folder, try_embedder
-from threatqa.errors import ThreatQAError
+from threatqa.errors import ConfigError, ThreatQAError
+from threatqa.policy import ROLES, Access
 from threatqa.verify import answers_from_json, compare_answers, format_findings, format_replay, verify_answers
 
 
@@ -57,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--document", action="append", dest="documents", metavar="PATH_OR_ID", help="search only these documents"
     )
+    ask.add_argument("--user", default=None, help="ask as this user (named in the audit log)")
+    ask.add_argument(
+        "--groups", default=None, metavar="A,B",
+        help="ask with these groups: under a need-to-know policy only the documents they may read are searched "
+        "(default: none, so only documents open to all)",
+    )  # fmt: skip
     ask.add_argument("question", nargs="?", help="the question; without it, one question per line from stdin")
     ask.set_defaults(handler=_cmd_ask)
 
@@ -101,14 +110,29 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--audit", type=Path, default=None, help="audit log file (default: THREATQA_AUDIT)")
     migrate.add_argument("--key", type=Path, default=None, help="the log's key file (default: THREATQA_AUDIT_KEY)")
     migrate.set_defaults(handler=_cmd_audit_migrate)
-    replay = audit_sub.add_parser("replay", help="ask a logged question again and compare the citations")
+    replay = audit_sub.add_parser(
+        "replay",
+        help="ask a logged question again, as its user with the groups the record names, and compare the citations",
+    )
     _add_paths(replay)
     replay.add_argument("record", help="the record id (or its number)")
     replay.set_defaults(handler=_cmd_audit_replay)
-    export = audit_sub.add_parser("export", help="export a range of records as JSON or CSV")
+    export = audit_sub.add_parser(
+        "export", help="export a range of records as JSON or CSV (with file access to the log: the auditor's tool)"
+    )
     _add_range(export)
     export.add_argument("--format", choices=("json", "csv"), default="json", help="output format")
+    export.add_argument("--user", default=None, help="only the records of this user")
     export.set_defaults(handler=_cmd_audit_export)
+
+    token = sub.add_parser("token", help="personal tokens for auth=token (the token file holds only their hashes)")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    add = token_sub.add_parser("add", help="issue a token for a user: printed once, only its SHA-256 is stored")
+    add.add_argument("user", help="the user's name (the audit log names it)")
+    add.add_argument("--groups", default="", metavar="A,B", help="groups the user reads under a need-to-know policy")
+    add.add_argument("--roles", default="reader", metavar="R,S", help=f"roles: {', '.join(ROLES)} (default: reader)")
+    add.add_argument("--file", type=Path, default=None, help="the token file (default: THREATQA_AUTH_TOKENS)")
+    add.set_defaults(handler=_cmd_token_add)
 
     settings = sub.add_parser("settings", help="list every setting with its environment variable")
     settings.add_argument("--markdown", action="store_true", help="as the README's markdown table")
@@ -149,8 +173,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     settings = _settings(args, top_k=args.k)
     engine = Engine.start(settings, build="missing")
     writer = csv_writer(sys.stdout) if args.csv else None
+    access = None if args.user is None and args.groups is None else Access.of(args.user, _names(args.groups))
     for question in _questions(args.question):
-        answer = engine.ask(question, settings.top_k, args.documents)
+        answer = engine.ask(question, settings.top_k, args.documents, access=access)
         if writer is not None:
             writer.writerows(csv_rows(answer.to_json()))
         elif args.json:
@@ -158,6 +183,10 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         else:
             print(format_text(answer) + "\n", flush=True)
     return 0
+
+
+def _names(given: str | None) -> list[str]:
+    return [name.strip() for name in (given or "").split(",") if name.strip()]
 
 
 def _questions(given: str | None) -> Iterator[str]:
@@ -185,12 +214,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _records(args: argparse.Namespace, settings: Settings) -> list[AuditRecord]:
-    first, _, last = (args.records or ":").partition(":")
-    try:
-        bounds = [int(v) if v.strip() else None for v in (first, last)]
-    except ValueError:
-        raise ThreatQAError(f"--range takes FIRST:LAST record numbers, not {args.records!r}") from None
-    return AuditLog(settings.audit).records(*bounds)
+    return AuditLog(settings.audit).records(*parse_range(args.records))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -256,8 +280,12 @@ def _cmd_audit_replay(args: argparse.Namespace) -> int:
     old = record.payload
     engine = Engine.start(settings, build="never")
     asked = old.get("settings", {})
-    new = engine.ask(record.question, asked.get("k"), asked.get("documents") or None, channel="replay").to_json()
+    access = Access.of(record.user, asked.get("groups", []))  # as asked then: no more than the record's groups
+    new = engine.ask(
+        record.question, asked.get("k"), asked.get("documents") or None, channel="replay", access=access
+    ).to_json()
     print(f"replay of record {record.seq} ({record.time}): {record.question}")
+    print(f"as user {record.user or '(none)'}, groups {', '.join(sorted(access.groups)) or '(none)'}")
     print(f"index then {old['index_version']}, now {new['index_version']}")
     rows = compare_answers(old, new)
     print(format_replay(rows))
@@ -265,13 +293,20 @@ def _cmd_audit_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_export(args: argparse.Namespace) -> int:
-    records = _records(args, _settings(args))
-    if args.format == "json":
-        print(json.dumps([r.to_json() for r in records], ensure_ascii=False, indent=1))
-        return 0
-    writer = csv_writer(sys.stdout, audit=True)
-    for record in records:
-        writer.writerows(csv_rows(record.payload, record.to_json()))
+    records = select(AuditLog(_settings(args).audit), args.records, args.user)
+    sys.stdout.write(export(records, args.format))
+    return 0
+
+
+def _cmd_token_add(args: argparse.Namespace) -> int:
+    configured = Settings.load().auth_tokens
+    path = args.file or (Path(configured) if configured else None)
+    if path is None:
+        raise ConfigError("name the token file: --file PATH or THREATQA_AUTH_TOKENS")
+    token = add_token(path, args.user, _names(args.groups), _names(args.roles))
+    print(token)
+    print(f"threatqa: token for {args.user} added to {path} (only its SHA-256 is kept: this is the one time "
+          "it is shown)", file=sys.stderr)  # fmt: skip
     return 0
 
 

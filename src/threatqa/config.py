@@ -134,10 +134,19 @@ class Settings(BaseSettings):
     )
     auth: Literal["none", "token", "header"] = Field(
         "none",
-        description="Who may use the UI and API: none (open), token (a static bearer token), or header "
-        "(a user name set by the portal's trusted proxy).",
+        description="Who may use the UI and API: none (open), token (a bearer token: the static auth_token or "
+        "a user's token from the auth_tokens file), or header (a user name set by the portal's trusted proxy).",
     )
-    auth_token: str = Field("", description="The static token for auth=token (send as 'Authorization: Bearer ...').")
+    auth_token: str = Field(
+        "",
+        description="The static token for auth=token (send as 'Authorization: Bearer ...'): a shared key with no "
+        "user name, the reader role and no groups.",
+    )
+    auth_tokens: str = Field(
+        "",
+        description="Token file for auth=token (TOML, see auth.py): each token's SHA-256 with the user, groups and "
+        "roles it stands for; `threatqa token add` issues tokens into it. Read again when it changes.",
+    )
     auth_header: str = Field(
         "X-Forwarded-User", description="The request header that carries the user name for auth=header."
     )
@@ -145,6 +154,11 @@ class Settings(BaseSettings):
         "X-Forwarded-Groups",
         description="The request header with the user's groups (comma-separated) for auth=header, set by the "
         "portal's trusted proxy; under a need-to-know policy they decide which documents the user may read.",
+    )
+    auth_roles_header: str = Field(
+        "X-Forwarded-Roles",
+        description="The request header with the user's roles (comma-separated: reader, auditor, admin; other "
+        "names are ignored; none: reader) for auth=header, set by the portal's trusted proxy.",
     )
     cors_origins: str = Field("", description="Origins allowed to call the API from a browser, comma-separated.")
     frame_ancestors: str = Field(

@@ -316,9 +316,12 @@ class Engine:
             )
         return k
 
-    def logged_answer(self, answer_id: str, access: Access | None = None) -> tuple[Answer, AuditRecord] | None:
+    def logged_answer(
+        self, answer_id: str, access: Access | None = None, every: bool = False
+    ) -> tuple[Answer, AuditRecord] | None:
         """An answer as the audit log holds it, with its record; None when there is no such answer or when
-        it cites a document `access` may not read (an id in a link or a chat message can be forged)."""
+        it cites a document `access` may not read (an id in a link or a chat message can be forged).
+        `every`: whatever it cites (an auditor's view; the log's records are theirs to read)."""
         try:
             record = self.audit.get(answer_id)
         except AuditError:
@@ -326,9 +329,16 @@ class Engine:
         if record.kind != "answer":
             return None
         answer = answer_from_json(record.payload | {"id": record.id})
-        if not answer.document_ids() <= {d.id for d in self.documents(access)}:
+        if not every and not answer.document_ids() <= {d.id for d in self.documents(access)}:
             return None
         return answer, record
+
+    def rebuild(self, log: Callable[[str], None] = _stderr) -> BuildReport:
+        """Build the index again from the docs folder with this engine's model (`threatqa index`), and
+        answer from the new version from the next question on."""
+        report = index_folder(self.settings, self._embedder, log)
+        self.reload()
+        return report
 
     def feedback(self, answer_id: str, helpful: bool, user: str | None = None, channel: str = "ui") -> None:
         """Store a thumbs up/down for a logged answer, with its question."""

@@ -10,12 +10,12 @@ document text escaped there).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from threatqa.answer import Answer, best_sentence, plain_text
+from threatqa.auth import request_access, request_user  # who is asking: one answer for the UI and the API
 from threatqa.config import Settings
 from threatqa.engine import Engine
 from threatqa.errors import AuditError, QuestionError, ThreatQAError
@@ -113,23 +113,6 @@ def status_text(engine: Engine, access: Access | None = None) -> str:
         f"index {escape_markdown(status.index_version)}"
     )
     return "\n\n".join([line, *(f"*{escape_markdown(notice)}*" for notice in status.notices)])
-
-
-def request_user(settings: Settings, headers: Mapping[str, str] | None) -> str | None:
-    """The portal user (auth=header) for the audit log; the access middleware has already checked it."""
-    if headers is None or settings.auth != "header":
-        return None
-    return (headers.get(settings.auth_header.lower()) or headers.get(settings.auth_header) or "").strip() or None
-
-
-def request_access(settings: Settings, headers: Mapping[str, str] | None) -> Access:
-    """Who is asking, from the request: the user and (auth=header) the groups the trusted proxy sets.
-    Without groups, only documents open to all are readable under a need-to-know policy."""
-    groups = ""
-    if headers is not None and settings.auth == "header":
-        name = settings.auth_groups_header
-        groups = headers.get(name.lower()) or headers.get(name) or ""
-    return Access.of(request_user(settings, headers), groups.split(","))
 
 
 def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
