@@ -34,7 +34,7 @@ from threatqa.errors import (
 )
 from threatqa.index import BuildReport, DocumentInfo, Index, build_index, current_version, is_stale, open_index
 from threatqa.ingest import IngestLimits
-from threatqa.lexical_subset import Statistics
+from threatqa.lexical_subset import Part, Statistics
 from threatqa.manifest import check_model
 from threatqa.policy import Access, Labels, label_documents, load_policy, policy_path
 from threatqa.retrieval import Retriever
@@ -69,11 +69,13 @@ class _Live:
 @dataclass(frozen=True)
 class _Labelled:
     """Every document's label under the policy, for one index version and one state of the policy file,
-    with each readable set's documents and BM25 statistics as they are first needed (`Engine._readable`)."""
+    with each label's BM25 counts (counted when labelling, all labels in one pass), and each readable
+    set's documents and statistics, summed from its labels' counts as first needed (`Engine._readable`)."""
 
     index: Index
     stamp: tuple[int, ...] | None  # the policy file's (mtime, size, inode); None: no file
     labels: Labels
+    parts: dict[str, Part]  # by label name
     subsets: dict[tuple[str, ...], tuple[frozenset[str], Statistics | None]]
 
 
@@ -189,7 +191,8 @@ class Engine:
                 raise ConfigError(f"the policy file {self._policy_file} was removed; restart to run without a policy")
             index = live.retriever.index
             documents = ((d.id, d.path, _opening(index, d)) for d in live.documents.values())
-            state = _Labelled(index, stamp, label_documents(policy, documents), {})
+            labels = label_documents(policy, documents)
+            state = _Labelled(index, stamp, labels, _label_parts(live.retriever, labels), {})
             self._labelled = state
             return state
 
@@ -202,11 +205,11 @@ class Engine:
         key = state.labels.key(access)
         found = state.subsets.get(key)
         if found is None:
-            readable = state.labels.readable(access) or frozenset()
-            ids = sorted(readable)
+            ids = frozenset(state.labels.readable(access) or ())
             # everything readable: the index's own statistics are the subset's, nothing to work out
             everything = len(ids) == len(live.documents)
-            found = frozenset(ids), None if everything else live.retriever.subset(ids)
+            chosen = [state.parts[name] for name in key[1:] if name in state.parts]
+            found = ids, None if everything else live.retriever.index.lexical.combine(chosen)
             with self._policy_lock:
                 while len(state.subsets) >= SUBSETS_KEPT:
                     state.subsets.pop(next(iter(state.subsets)))
@@ -397,6 +400,18 @@ class Engine:
 
 MAX_K = 100  # passages per answer, whatever the front end
 MAX_DOCUMENT_FILTER = 1000  # entries in a request's document filter
+
+
+def _label_parts(retriever: Retriever, labels: Labels) -> dict[str, Part]:
+    """Each label's BM25 counts (lexical_subset.Part) by its name; none without a policy."""
+    if labels.policy is None:
+        return {}
+    by_label: dict[str, list[str]] = {}
+    for doc_id, label in labels.by_document.items():
+        by_label.setdefault(label.name, []).append(doc_id)
+    names = sorted(by_label)
+    masks = [retriever.mask(by_label[name]) for name in names]
+    return dict(zip(names, retriever.index.lexical.parts(masks)))
 
 
 def _stamp(path: Path) -> tuple[int, ...] | None:

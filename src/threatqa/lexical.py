@@ -44,7 +44,7 @@ from threatqa.chunking import Span, paragraphs, sentences
 from threatqa.errors import IndexMismatch
 from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _mean, _segment_sums, _sum_by_passage
 from threatqa.lexical_chars import CharView, CharWriter, _ngram_counts, _open
-from threatqa.lexical_subset import Statistics, word_statistics
+from threatqa.lexical_subset import Part, Statistics, combine, parts
 
 SENTENCE_WEIGHT = 0.5
 CHAR_CANDIDATES = 200  # passages (best by the word view) that the character view re-scores
@@ -323,14 +323,20 @@ class LexicalIndex:
         stems = word_tokens(question) if isinstance(question, str) else question
         return np.array([self.vocabulary[t] for t in stems if t in self.vocabulary], dtype=np.int64)
 
+    def parts(self, masks: list[np.ndarray]) -> list[Part]:
+        """The BM25 counts of each of these disjoint sets of passages (lexical_subset.py), in one pass."""
+        counter = self.chars.counter(self.sentence_starts, self.sentence_ends)
+        return parts([np.asarray(m, dtype=bool) for m in masks], self.words.indptr, self.posting_owner, counter)
+
+    def combine(self, chosen: list[Part]) -> Statistics:
+        """BM25 statistics of the union of some parts' passages, as an index of them alone would hold
+        them: a search with them scores exactly as that index would."""
+        per_passage, stems = self.sentence_ends - self.sentence_starts, len(self.words.indptr) - 1
+        return combine(chosen, self.count, stems, len(self.chars.ngrams), self.lengths, per_passage)
+
     def statistics(self, mask: np.ndarray) -> Statistics:
-        """BM25 statistics of the passages where mask is True, as an index of them alone would hold
-        them (lexical_subset.py): a search with them scores exactly as that index would."""
-        mask = np.asarray(mask, dtype=bool)
-        per_passage = self.sentence_ends - self.sentence_starts
-        df, idf, means = word_statistics(self.words.indptr, self.posting_owner, self.lengths, per_passage, mask)
-        chars = self.chars.statistics(self.sentence_starts, self.sentence_ends, mask)
-        return Statistics(mask, int(mask.sum()), df, idf, means, chars)
+        """BM25 statistics of the passages where mask is True (one part)."""
+        return self.combine(self.parts([mask]))
 
     def search(
         self, question: str, k: int, mask: np.ndarray | None = None, subset: Statistics | None = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,7 +38,7 @@ from sklearn.utils import murmurhash3_32
 
 from threatqa.dense import load_array
 from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _sum_by_passage
-from threatqa.lexical_subset import CharStatistics, char_statistics
+from threatqa.lexical_subset import CharStatistics, _char_df
 
 CHAR_NGRAMS = (3, 5)  # n-gram sizes, inclusive
 HASH_BITS = 20  # n-gram hashes are below 2**20
@@ -268,11 +269,16 @@ class CharView:
         sentences, passages = (self.sentences, self.passages) if subset is None else (subset.sentences, subset.passages)
         return counts * _idf(df[:, 0], sentences), counts * _idf(df[:, 1], passages)
 
-    def statistics(self, firsts: np.ndarray, lasts: np.ndarray, mask: np.ndarray) -> CharStatistics:
-        """The view's statistics over the passages where mask is True (sentences firsts[row] .. lasts[row] - 1)."""
+    def counter(self, firsts: np.ndarray, lasts: np.ndarray) -> Callable[[np.ndarray], tuple[np.ndarray, int]]:
+        """A function of passage rows (sentences firsts[row] .. lasts[row] - 1) giving each n-gram's
+        sentences and passages among them, and their n-gram total (lexical_subset.parts)."""
         tokens = np.fromfile(self.file.name, dtype=np.uint8)
         positions = np.searchsorted(self.ngrams, self.word_ngrams)  # every word's n-grams are the corpus's
-        return char_statistics(tokens, self.indptr, firsts, lasts, self.word_indptr, positions, len(self.ngrams), mask)
+
+        def count(rows: np.ndarray) -> tuple[np.ndarray, int]:
+            return _char_df(tokens, self.indptr, firsts, lasts, rows, self.word_indptr, positions, len(self.ngrams))
+
+        return count
 
     def scores(
         self,

@@ -161,13 +161,17 @@ class Retriever:
             mode = "dense" if self.fusion_weight <= 0 else "hybrid"
         return mode + ("+rerank" if self.reranker is not None else "")
 
-    def subset(self, documents: list[str]) -> Statistics:
-        """The passages of these documents (ids or paths) with their own BM25 statistics: given to
-        `search`, it answers exactly as an index of those documents alone would (need-to-know access)."""
+    def mask(self, documents: list[str]) -> np.ndarray:
+        """The passage rows of these documents (ids or paths), as a mask."""
         mask = np.zeros(len(self.index), dtype=bool)
         for start in range(0, len(documents), 500):  # SQLite binds a limited number of parameters
             mask[self.index.rows_for_documents(documents[start : start + 500])] = True
-        return self.index.lexical.statistics(mask)
+        return mask
+
+    def subset(self, documents: list[str]) -> Statistics:
+        """The passages of these documents (ids or paths) with their own BM25 statistics: given to
+        `search`, it answers exactly as an index of those documents alone would (need-to-know access)."""
+        return self.index.lexical.statistics(self.mask(documents))
 
     def search(
         self, question: str, k: int = 5, documents: list[str] | None = None, subset: Statistics | None = None
