@@ -8,8 +8,8 @@ Each size: n generated passages (2-4 real SQuAD sentences each, `common.passages
 file) are indexed with `build_index` as `query.py` does (vectors from the ONNX int8 all-MiniLM-L6
 architecture up to 2,000 passages, clustered synthetic vectors above: the dense files' sizes are
 the same either way). The table splits the index folder into the passage store (chunks.sqlite),
-the lexical index (bm25/), the dense files (FAISS, window map, vectors kept beside an IVF index,
-term vectors) and the rest, each as bytes / text bytes (the documents' files).
+the lexical index (bm25/), the dense vectors (FAISS codes and the window map), the term vectors and
+the rest, each as bytes / text bytes (the documents' files).
 
 Old format: the lexical index of index schema 5 (its character view stored every n-gram of every
 sentence with its weights, 12 bytes each) is built from the same passages with that version's
@@ -62,15 +62,17 @@ def part(path: Path, version: Path) -> str:
         return "lexical"
     if name.startswith("chunks"):
         return "store"
-    if name.split(".")[0] in ("dense", "windows", "vectors", "terms"):
-        return "dense"
+    if name.split(".")[0] in ("dense", "windows", "vectors"):
+        return "vectors"
+    if name.split(".")[0] == "terms":
+        return "terms"
     return "other"
 
 
 def sizes(folder: Path) -> dict[str, int]:
     """Bytes of the index's current version, by part, and of the documents' text."""
     version = folder / "index" / (folder / "index" / "CURRENT").read_text().strip()
-    out = {"store": 0, "lexical": 0, "dense": 0, "other": 0}
+    out = {"store": 0, "lexical": 0, "vectors": 0, "terms": 0, "other": 0}
     for path in version.rglob("*"):
         if path.is_file():
             out[part(path, version)] += path.stat().st_size
@@ -126,7 +128,7 @@ def main() -> None:
                 subprocess.run(["rm", "-rf", str(Path(tmp) / "old-bm25"), str(Path(tmp) / "new-bm25")], check=True)
             old_total = total - got["lexical"] + old_lexical_bytes if old_lexical_bytes else None
             rows.append([f"{built['passages']:,}", text / 1e6, build_s,
-                         *(got[k] / text for k in ("store", "lexical", "dense", "other")), total / text,
+                         *(got[k] / text for k in ("store", "lexical", "vectors", "terms", "other")), total / text,
                          "-" if old_lexical_bytes is None else old_lexical_bytes / text,
                          "-" if old_total is None else old_total / text, total / 1e6])  # fmt: skip
             if n in args.timing:
@@ -136,7 +138,8 @@ def main() -> None:
             subprocess.run(["rm", "-rf", str(folder)], check=True)
     table(
         "Index bytes / text bytes by part (new format; old = the schema-5 lexical index in its place)",
-        ["passages", "text MB", "build s", "store", "lexical", "dense", "other", "total", "old lexical",
+        ["passages", "text MB", "build s", "store", "lexical", "dense vectors", "term vectors", "other", "total",
+         "old lexical",
          "old total", "index MB"],
         rows,
     )  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from threatqa.config import Settings
 from threatqa.engine import Engine, index_folder
 from threatqa.errors import IndexMismatch
 from threatqa.index import build_index, is_stale
+from threatqa.store import TEXT_BLOCK, compress_block
 from threatqa.versions import Index, current_version, open_index, versions
 
 QUESTION = "What does wastewater analysis show about cocaine?"
@@ -41,11 +43,11 @@ def _tamper_passage(folder: Path, row: int = 0) -> None:
     path.chmod(0o644)
     conn = sqlite3.connect(path)
     doc, start = conn.execute("SELECT doc, start FROM chunks WHERE row = ?", (row,)).fetchone()
-    key = (doc << 32) + start // 4096
-    text = conn.execute("SELECT text FROM texts WHERE key = ?", (key,)).fetchone()[0]
-    at = start % 4096 + 3
+    key = (doc << 32) + start // TEXT_BLOCK
+    text = zlib.decompress(conn.execute("SELECT text FROM texts WHERE key = ?", (key,)).fetchone()[0]).decode()
+    at = start % TEXT_BLOCK + 3
     swapped = "X" if text[at] != "X" else "Y"
-    conn.execute("UPDATE texts SET text = ? WHERE key = ?", (text[:at] + swapped + text[at + 1 :], key))
+    conn.execute("UPDATE texts SET text = ? WHERE key = ?", (compress_block(text[:at] + swapped + text[at + 1 :]), key))
     conn.commit()
     conn.close()
 

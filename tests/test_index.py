@@ -70,7 +70,13 @@ def test_incremental_reindex_embeds_only_changes(tmp_path: Path, docs: Path, emb
     assert added.added == ("firearms.md",) and added.embedded == index.manifest.window_count - windows
     assert embedder.embedded == added.embedded + len(new_words) and added.reused == windows
     rows = index.rows_for_documents(["NCA-annual-assessment-speech-2023-07-17.txt"]).tolist()
-    np.testing.assert_allclose(index.dense.vectors(index.dense.window_ids(rows)), vectors_before, atol=1e-6)
+    # carried over as decoded from their codes: unchanged in every dimension whose step (a power of two,
+    # dense.lattice_ranges) the new windows left as it was; moved by half the old step where it doubled
+    moved = np.abs(index.dense.vectors(index.dense.window_ids(rows)) - vectors_before)
+    old_step, new_step = before.ranges[1] / 255, index.dense.ranges[1] / 255
+    kept = new_step == old_step
+    assert kept.mean() >= 0.75 and (moved[:, kept] <= 1e-6).all()
+    np.testing.assert_allclose(moved[:, ~kept], np.broadcast_to(old_step[~kept] / 2, moved[:, ~kept].shape), atol=1e-6)
 
     embedder.embedded = 0
     _second_doc(docs, "Firearms are smuggled through ports.\n\nBorder Force seized 400 guns.\n")
@@ -199,3 +205,71 @@ def test_old_versions_are_pruned_but_the_previous_kept(tmp_path: Path, docs: Pat
     shutil.rmtree(index_dir / versions[-1])
     with pytest.raises(IndexMissing):
         open_index(index_dir)
+
+
+def test_every_file_is_checksummed_and_any_altered_byte_refused(tmp_path: Path, docs: Path, embedder: Embedder) -> None:
+    index_dir = tmp_path / "index"
+    build_index(docs, index_dir, embedder)
+    folder = current_version(index_dir)
+    listed = set(open_index(index_dir).manifest.files)
+    assert listed == {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert {"dense.faiss", "windows.npy", "terms.npy", "terms.json", "chunks.sqlite", "digests.npy"} <= listed
+    for name in ("dense.faiss", "terms.npy", "windows.npy"):
+        path = folder / name
+        data = path.read_bytes()
+        path.chmod(0o644)
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        with pytest.raises(IndexMismatch, match="checksum"):
+            open_index(index_dir, fallback=False)
+        path.write_bytes(data)
+    assert open_index(index_dir, fallback=False).dense is not None
+
+
+def test_store_text_blocks_are_compressed_and_a_damaged_one_refused(tmp_path: Path, docs: Path) -> None:
+    import sqlite3
+    import zlib
+
+    from threatqa.store import TEXT_BLOCK
+
+    index_dir = tmp_path / "index"
+    build_index(docs, index_dir, None)
+    index = open_index(index_dir)
+    document = index.document(index.documents()[0].id)
+    passages = index.chunks(list(range(len(index))))
+    assert all(p.text == document.text[p.start : p.end] for p in passages)
+    store = index.folder / "chunks.sqlite"
+    conn = sqlite3.connect(store)
+    blocks = conn.execute("SELECT key, text FROM texts ORDER BY key").fetchall()
+    assert "".join(zlib.decompress(b).decode() for _, b in blocks) == document.text
+    assert len(blocks) == -(-len(document.text) // TEXT_BLOCK)
+    assert sum(len(b) for _, b in blocks) < 0.6 * len(document.text.encode())
+    store.chmod(0o644)
+    for damage in (b"not zlib", blocks[0][1][: len(blocks[0][1]) // 2]):  # not zlib; cut short
+        conn.execute("UPDATE texts SET text = ? WHERE key = ?", (damage, blocks[0][0]))
+        conn.commit()
+        damaged = open_index(index_dir, verify=False)  # as a large index opens, before its checksums are done
+        with pytest.raises(IndexMismatch, match=r"text block .* cannot be read"):
+            damaged.chunks(list(range(len(index))))
+        with pytest.raises(IndexMismatch, match=r"text block .* cannot be read"):
+            damaged.document(document.id)
+    conn.close()
+    with pytest.raises(IndexMismatch, match="checksum"):
+        open_index(index_dir, fallback=False)
+
+
+def test_term_vectors_are_int8_and_read_back_within_2e3(tmp_path: Path, docs: Path, embedder: Embedder) -> None:
+    index_dir = tmp_path / "index"
+    build_index(docs, index_dir, embedder)
+    index = open_index(index_dir)
+    terms = index.dense.terms
+    assert np.load(index.folder / "terms.npy").dtype == np.int8
+    words = terms.words[:50]
+    np.testing.assert_allclose(terms.of(words), embedder.encode_documents(words), atol=1e-2)
+    cosines = terms.of(words) @ terms.of(words).T
+    np.testing.assert_allclose(
+        cosines, embedder.encode_documents(words) @ embedder.encode_documents(words).T, atol=2e-3
+    )
+    again = tmp_path / "again"
+    again.mkdir()
+    terms.save(again)  # what an incremental build carries over is saved unchanged
+    np.testing.assert_array_equal(np.load(again / "terms.npy"), np.load(index.folder / "terms.npy"))

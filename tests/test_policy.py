@@ -290,11 +290,11 @@ def test_a_small_subset_of_an_approximate_index_is_searched_exactly(monkeypatch:
     owners = np.repeat(np.arange(1000), 3)
     windows = np.stack([owners, np.zeros_like(owners), np.zeros_like(owners)], axis=1)
     ivf = build_dense(vectors, DenseConfig(ann_threshold=1000, nprobe=2))
-    index = DenseIndex(ivf, windows, vectors.astype(np.float16), 1000)
+    index = DenseIndex(ivf, windows, 1000)
     mask = rng.random(1000) < 0.1
     query = vectors[:1]
     rows, scores = index.search(query, 10, mask)
-    cosines = vectors.astype(np.float16).astype(np.float32) @ query[0]
+    cosines = index.vectors(np.arange(3000)).astype(np.float16).astype(np.float32) @ query[0]  # decoded codes
     best = np.full(1000, -np.inf)
     np.maximum.at(best, owners, np.where(mask[owners], cosines, -np.inf))
     assert rows.tolist() == np.argsort(-best, kind="stable")[:10].tolist()

@@ -108,8 +108,10 @@ def test_dense_search_matches_brute_force(hybrid: Engine) -> None:
     text = index.document(index.chunks([0])[0].doc_id).text
     vectors = embedder.encode_documents([text[start:end] for _row, start, end in windows.tolist()])
     query = embedder.encode_query("cocaine consumption in the UK")
+    decoded = index.dense.vectors(np.arange(len(windows)))  # the index keeps 8-bit codes of the vectors
+    np.testing.assert_allclose(decoded @ query[0], vectors @ query[0], atol=2e-3)
     best = np.full(len(index), -2.0)  # each passage scores by its best window
-    np.maximum.at(best, windows[:, 0], vectors @ query[0])
+    np.maximum.at(best, windows[:, 0], decoded @ query[0])
     rows, scores = index.dense.search(query, 5)
     np.testing.assert_allclose(scores, np.sort(best)[::-1][:5], rtol=1e-5)
     assert rows.tolist() == np.argsort(-best, kind="stable")[:5].tolist()

@@ -6,7 +6,7 @@ Layout of the index folder:
     v-<id>/            one complete, immutable version
         manifest.json  schema, model (by content), retrievers, documents, checksums (written last; manifest.py)
         chunks.sqlite  documents (with their extracted text) and passages (store.py)
-        dense.faiss, windows.npy (, vectors.npy)   window vectors, absent in lexical mode (dense.py)
+        dense.faiss, windows.npy, terms.*   window vectors (as codes), absent in lexical mode (dense.py)
         bm25/          the lexical views (lexical.py)
 
 A build writes a new version beside the live one and only then switches CURRENT, so a build
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from threatqa.chunking import Chunk, ChunkConfig, Span, chunk_documents, windows
-from threatqa.dense import DenseConfig, TermVectors, compute_threads, write_dense
+from threatqa.dense import Carried, DenseConfig, TermVectors, compute_threads, write_dense
 from threatqa.embeddings import Embedder
 from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable
 from threatqa.ingest import Document, IngestLimits, file_sha256, load_documents
@@ -112,12 +112,15 @@ def build_index(
             )
         chunks = chunk_documents(documents, chunking)
         reusable = previous if previous and previous.manifest.chunking == asdict(chunking) else None
-        vectors, spans, embedded, reused = _vectors(chunks, documents, reusable, embedder, chunking.window, warn)
+        vectors, spans, carried, embedded, reused = _vectors(
+            chunks, documents, reusable, embedder, chunking.window, warn
+        )
         terms = _terms(chunks, previous, embedder, warn)
         now = time.time()
         version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}{int(now % 1 * 1e6):06d}-{fingerprint[:8]}"
+        carry = Carried(reusable.dense, carried) if reused and reusable and reusable.dense else None
         manifest = _write_version(
-            index_dir, version, documents, chunks, vectors, spans, embedder, chunking, fingerprint, dense, terms
+            index_dir, version, documents, chunks, vectors, spans, embedder, chunking, fingerprint, dense, terms, carry
         )
         _switch(index_dir, version)
         _prune(index_dir, keep={version, previous.folder.name if previous else ""})
@@ -200,16 +203,17 @@ def _vectors(
     embedder: Embedder | None,
     window: int,
     log: Callable[[str], None],
-) -> tuple[np.ndarray | None, np.ndarray | None, int, int]:
-    """Window spans (passage row, start, end) and their vectors; vectors of unchanged documents
-    are reused from the previous version when it was built with the same model."""
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, int, int]:
+    """Window spans (passage row, start, end), their vectors, and each window's number in the previous
+    version or -1: vectors of unchanged documents are reused from the previous version when it was
+    built with the same model."""
     if embedder is None:
-        return None, None, 0, 0
+        return None, None, None, 0, 0
     rows_of: dict[str, list[int]] = {}
     for row, chunk in enumerate(chunks):
         rows_of.setdefault(chunk.doc_id, []).append(row)
     spans: list[tuple[int, int, int]] = []
-    reuse: dict[int, np.ndarray] = {}  # first window number -> vectors of a whole unchanged document
+    reuse: dict[int, np.ndarray] = {}  # first window number -> previous window numbers of an unchanged document
     old_docs = previous.manifest.documents if previous is not None else {}
     same_model = previous is not None and previous.dense is not None and previous.manifest.built_with(embedder)
     for document in documents:
@@ -223,18 +227,18 @@ def _vectors(
             old_rows = range(int(old["first_row"]), int(old["first_row"]) + len(rows))  # type: ignore[call-overload]
             ids = previous.dense.window_ids(list(old_rows))  # type: ignore[union-attr]
             if len(ids) == len(spans) - first:
-                reuse[first] = previous.dense.vectors(ids)  # type: ignore[union-attr]
+                reuse[first] = ids
     table = np.array(spans, dtype=np.int64).reshape(-1, 3)
     vectors = np.zeros((len(table), embedder.dimension), dtype=np.float32)
-    reused = np.zeros(len(table), dtype=bool)
-    for first, block in reuse.items():
-        vectors[first : first + len(block)] = block
-        reused[first : first + len(block)] = True
-    todo = np.flatnonzero(~reused)
+    carried = np.full(len(table), -1, dtype=np.int64)
+    for first, ids in reuse.items():
+        vectors[first : first + len(ids)] = previous.dense.vectors(ids)  # type: ignore[union-attr]
+        carried[first : first + len(ids)] = ids
+    todo = np.flatnonzero(carried < 0)
     doc_text = {d.id: d.text for d in documents}
     window_texts = [doc_text[chunks[int(table[i, 0])].doc_id][table[i, 1] : table[i, 2]] for i in todo]
     vectors[todo] = _embed(embedder, window_texts, log)
-    return vectors, table, len(todo), int(reused.sum())
+    return vectors, table, carried, len(todo), int((carried >= 0).sum())
 
 
 def _terms(
@@ -295,6 +299,7 @@ def _write_version(
     fingerprint: str,
     dense_config: DenseConfig = DenseConfig(),
     terms: TermVectors | None = None,
+    carried: Carried | None = None,
 ) -> Manifest:
     staging = index_dir / f".tmp-{uuid.uuid4().hex}"
     staging.mkdir()
@@ -304,7 +309,7 @@ def _write_version(
         LexicalIndex.build([c.text for c in chunks], staging / BM25_DIR)
         dense = vectors is not None and spans is not None and embedder is not None
         if dense:
-            write_dense(staging, vectors, spans, dense_config)  # type: ignore[arg-type]
+            write_dense(staging, vectors, spans, dense_config, carried)  # type: ignore[arg-type]
             if terms is not None:
                 terms.save(staging)
         files = {

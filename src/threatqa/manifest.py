@@ -21,8 +21,9 @@ from threatqa.ingest import EXTRACTION_VERSION, IngestLimits, file_sha256, iter_
 # 4: one character view, stored by sentence; 5: passages do not overlap, dense vectors are of
 # passage windows, the model is identified by content; 6: digests of passages and document texts,
 # checked as they are read; 7: each text stored once (passages as offsets into their document's
-# text), the lexical views' compact formats
-SCHEMA_VERSION = 7
+# text), the lexical views' compact formats; 8: window vectors kept only as scalar-quantiser codes,
+# term vectors as int8, text blocks compressed
+SCHEMA_VERSION = 8
 MANIFEST = "manifest.json"
 
 

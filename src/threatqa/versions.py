@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from threatqa.chunking import Chunk
-from threatqa.dense import VECTORS, DenseIndex
+from threatqa.dense import DenseIndex
 from threatqa.errors import IndexMismatch, IndexMissing
 from threatqa.ingest import Document, file_sha256
 from threatqa.lexical import LexicalIndex
@@ -154,9 +154,7 @@ def open_version(folder: Path, verify: bool = True) -> Index:
         later = check_files(folder, manifest) if verify else []
         dense = None
         if manifest.has_dense:
-            dense = DenseIndex.open(
-                folder, manifest.chunk_count, int(manifest.dimension or 0), VECTORS in manifest.files
-            )
+            dense = DenseIndex.open(folder, manifest.chunk_count, int(manifest.dimension or 0))
         digests = np.load(folder / DIGESTS) if DIGESTS in manifest.files else None
         if digests is not None and len(digests) != manifest.chunk_count:
             raise IndexMismatch(f"{folder / DIGESTS} has {len(digests)} rows for {manifest.chunk_count} passages")
