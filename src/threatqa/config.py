@@ -102,8 +102,8 @@ class Settings(BaseSettings):
     )
     ann_threshold: int = Field(
         20000,
-        description="Passages above which the dense index is approximate (IVF with 8-bit scalar quantisation) "
-        "instead of exact; below it every search is exact and still takes under 2 ms.",
+        description="Windows (dense vectors) above which the dense index is approximate (IVF lists of 6-bit "
+        "scalar-quantised residuals) instead of a scan of every window's 8-bit code, which still takes under 2 ms.",
         ge=1,
     )
     ann_nprobe: int = Field(
