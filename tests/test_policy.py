@@ -61,13 +61,14 @@ def _engine(folder: Path, files: dict[str, str], policy: str | None, **settings:
 
 
 def _shown(answer: object) -> dict[str, object]:
-    """Everything an answer tells its reader, less the index version and record id (which name the build)."""
+    """Everything an answer tells its reader, less the index version and record id (which name the build)
+    and the labels and policy version (which the reference, without a policy, has none of)."""
     data = answer.to_json()  # type: ignore[attr-defined]
     for passage in data["passages"]:
-        passage.pop("index_version", None)
-        for other in passage.get("also", []):
-            other.pop("index_version", None)
-    return {key: value for key, value in data.items() if key not in ("id", "index_version")}
+        for cite in (passage, *passage.get("also_in", [])):
+            for key in ("index_version", "label", "policy_version"):
+                cite.pop(key, None)
+    return {key: value for key, value in data.items() if key not in ("id", "index_version", "policy_version")}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from typing import IO, Any
 from threatqa.chunking import Span, paragraphs, sentences
 from threatqa.ingest_display import display_text, text_key
 from threatqa.lexical import word_tokens
+from threatqa.policy import OPEN, Labels
 from threatqa.retrieval import Hit, Retrieval
 from threatqa.store import DocumentInfo, passage_sha256
 
@@ -44,6 +45,17 @@ class Citation:
     index_version: str
     model: str | None
     date_source: str | None = None  # where the date was found: front matter, dateline, file metadata...
+    # need-to-know (policy.py): the groups that may read the document, sorted (("open",): anyone), and the
+    # version of the policy that said so; both None when no policy was in force (and in answers logged before)
+    label: tuple[str, ...] | None = None
+    policy_version: str | None = None
+
+    @property
+    def handling(self) -> str | None:
+        """The label as an analyst reads it: 'finance, audit', 'open', 'no one'; None without a policy."""
+        if self.label is None:
+            return None
+        return ", ".join(self.label) or "no one"
 
     def location(self) -> str:
         """'p. 3', 'pp. 3-4', 'para 2' or 'paras 2-4'."""
@@ -95,6 +107,7 @@ class Answer:
     model: str | None
     searched: tuple[str, ...]  # paths of the documents that were searched
     id: str | None = None  # the audit record that logged this answer
+    policy_version: str | None = None  # the need-to-know policy it was answered under (None: no policy)
 
     def document_ids(self) -> set[str]:
         """Every document this answer cites, copies included."""
@@ -112,13 +125,21 @@ class Answer:
             "index_version": self.index_version,
             "model": self.model,
             "searched": list(self.searched),
+            "policy_version": self.policy_version,
         }
 
 
 def passage_json(passage: Passage) -> dict[str, Any]:
     body = {key: value for key, value in _fields(passage).items() if key not in ("citation", "also")}
-    also = [_fields(c) for c in passage.also]
-    return body | _fields(passage.citation) | {"reference": passage.reference(), "also_in": also}
+    also = [_citation_json(c) for c in passage.also]
+    return body | _citation_json(passage.citation) | {"reference": passage.reference(), "also_in": also}
+
+
+def _citation_json(cite: Citation) -> dict[str, Any]:
+    values = _fields(cite)
+    if cite.label is not None:
+        values["label"] = list(cite.label)  # the JSON form, so that a payload equals itself read back
+    return values
 
 
 def _fields(item: object) -> dict[str, Any]:
@@ -134,17 +155,22 @@ def answer_from_json(data: dict[str, Any]) -> Answer:
         passages=tuple(_passage_from_json(p) for p in data.get("passages") or []),
         notices=tuple(data.get("notices") or ()), index_version=str(data.get("index_version", "")),
         model=data.get("model"), searched=tuple(data.get("searched") or ()), id=data.get("id"),
+        policy_version=data.get("policy_version"),
     )  # fmt: skip
 
 
 def _citation_from_json(data: dict[str, Any], defaults: dict[str, Any] | None = None) -> Citation:
+    """A citation back from JSON; one logged before labels existed has none (label and policy version None)."""
     values = (defaults or {}) | data
+    label = values.get("label")
+    values["label"] = None if label is None else tuple(str(group) for group in label)
     return Citation(**{name: values.get(name) for name in Citation.__dataclass_fields__})
 
 
 def _passage_from_json(data: dict[str, Any]) -> Passage:
     cite = _citation_from_json(data)
-    also = tuple(_citation_from_json(c, {"index_version": cite.index_version}) for c in data.get("also_in") or [])
+    shared = {"index_version": cite.index_version, "policy_version": cite.policy_version}
+    also = tuple(_citation_from_json(c, shared) for c in data.get("also_in") or [])
     return Passage(
         int(data.get("rank", 0)), str(data.get("text", "")), float(data.get("score") or 0.0),
         float(data.get("relevance") or 0.0), data.get("lexical_score"), data.get("dense_score"),
@@ -160,14 +186,17 @@ def build_answer(
     model: str | None,
     searched: tuple[str, ...],
     limit: int | None = None,
+    labels: Labels | None = None,
 ) -> Answer:
     """Wrap retrieval hits with their citations; hits with the same normalised text become one
-    passage listing every source; at most `limit` passages (all by default), ranked from 1."""
+    passage listing every source; at most `limit` passages (all by default), ranked from 1. Under
+    a policy (`labels`, the ones retrieval was filtered by), each citation carries its document's label."""
+    labels = labels or Labels(None)
     passages = []
     for rank, group in enumerate(collapse(retrieval.hits, documents)[:limit], start=1):
         hit = group[0]  # the best-ranked copy gives the scores; the cited copy is one whose exact text reads as shown
         group = sorted(group, key=lambda h: _marked_up(h, documents))
-        cites = [_citation(h, documents[h.chunk.doc_id], index_version, model) for h in group]
+        cites = [_citation(h, documents[h.chunk.doc_id], index_version, model, labels) for h in group]
         passages.append(
             Passage(
                 rank,
@@ -181,8 +210,9 @@ def build_answer(
                 tuple(cites[1:]),
             )
         )
+    version = labels.policy.version if labels.policy else None
     return Answer(question, retrieval.answered, retrieval.mode, tuple(passages), retrieval.notices, index_version,
-                  model, searched)  # fmt: skip
+                  model, searched, policy_version=version)  # fmt: skip
 
 
 def collapse(hits: tuple[Hit, ...] | list[Hit], documents: dict[str, DocumentInfo]) -> list[list[Hit]]:
@@ -198,15 +228,26 @@ def _marked_up(hit: Hit, documents: dict[str, DocumentInfo]) -> bool:
     return display_text(hit.chunk.text, documents[hit.chunk.doc_id].path) != hit.chunk.text
 
 
-def _citation(hit: Hit, info: DocumentInfo, index_version: str, model: str | None) -> Citation:
+def _citation(hit: Hit, info: DocumentInfo, index_version: str, model: str | None, labels: Labels) -> Citation:
     chunk = hit.chunk
     return Citation(
         source=info.path, document_id=info.id, title=info.title, date=info.date, start=chunk.start,
         end=chunk.end, page=chunk.page, page_end=chunk.page_end, paragraph=chunk.paragraph,
         paragraph_end=chunk.paragraph_end, line_start=chunk.line_start, line_end=chunk.line_end,
         document_sha256=info.sha256, passage_sha256=passage_sha256(chunk.text),
-        index_version=index_version, model=model, date_source=info.date_source,
+        index_version=index_version, model=model, date_source=info.date_source, label=_label(labels, info.id),
+        policy_version=labels.policy.version if labels.policy else None,
     )  # fmt: skip
+
+
+def _label(labels: Labels, document_id: str) -> tuple[str, ...] | None:
+    """The groups that may read a document, sorted; ("open",) for anyone; () for no one; None without a policy."""
+    if labels.policy is None:
+        return None
+    label = labels.by_document.get(document_id)
+    if label is None:  # not labelled under this policy: nobody may read it (it cannot have been searched)
+        return ()
+    return (OPEN,) if label.open else tuple(sorted(label.groups))
 
 
 def best_sentence(question: str, text: str) -> Span | None:
@@ -270,8 +311,9 @@ def plain_text(answer: Answer, link: str | None = None) -> str:
 
 
 def reference_line(cite: Citation) -> str:
-    """'Title, 2023-07-17, p. 3 (report.pdf)'."""
-    return f"{cite.title}, {cite.date or 'undated'}, {cite.location()} ({cite.source})"
+    """'Title, 2023-07-17, p. 3 (report.pdf)', then '; handling: finance, audit' under a policy."""
+    handling = f"; handling: {cite.handling}" if cite.handling else ""
+    return f"{cite.title}, {cite.date or 'undated'}, {cite.location()} ({cite.source}){handling}"
 
 
 def format_markdown(answer: Answer, link: str | None = None) -> str:
@@ -309,6 +351,7 @@ def format_text(answer: Answer) -> str:
         lines.append(
             f"    -- {cite.title} ({cite.date or 'undated'}), {cite.location()}, lines {cite.line_start}-"
             f"{cite.line_end}, chars {cite.start}-{cite.end} of {cite.source} · relevance {passage.relevance:.2f}"
+            + (f" · handling: {cite.handling}" if cite.handling else "")
         )
         lines += [f"    -- also in {reference_line(also)}" for also in passage.also]
     return "\n".join(lines)

@@ -196,10 +196,13 @@ class Engine:
             self._labelled = state
             return state
 
-    def _readable(self, live: _Live, access: Access | None) -> tuple[dict[str, DocumentInfo], Statistics | None]:
+    def _readable(
+        self, live: _Live, access: Access | None, state: _Labelled | None = None
+    ) -> tuple[dict[str, DocumentInfo], Statistics | None]:
         """The documents `access` may read and their passages' BM25 statistics (None: no policy,
-        everything is readable). Each readable set is worked out once per index version and policy."""
-        state = self._labelling(live)
+        everything is readable), under `state` (default: the labels now). Each readable set is worked
+        out once per index version and policy."""
+        state = state or self._labelling(live)
         if state.labels.policy is None:
             return live.documents, None
         key = state.labels.key(access)
@@ -246,10 +249,9 @@ class Engine:
                 if attempt:
                     raise
         settings = {"k": k, "documents": documents or [], "mode": live.retriever.mode, **self._audit_settings()}
-        policy = self._labelled.labels.policy if self._labelled is not None else None
-        if policy is not None:  # who asked under which policy (records without a policy are unchanged)
+        if answer.policy_version is not None:  # who asked under which policy (records without one are unchanged)
             groups = sorted(access.groups) if access is not None else []
-            settings |= {"policy_version": policy.version, "groups": groups}
+            settings |= {"policy_version": answer.policy_version, "groups": groups}  # the one its citations name
         payload = answer.to_json() | {"settings": settings}
         user = user if user is not None or access is None else access.user
         self.audit.append("answer", answer.question, payload, user=user, channel=channel, record_id=answer.id)
@@ -258,7 +260,8 @@ class Engine:
     def _answer(
         self, live: _Live, question: str, k: int | None, documents: list[str] | None, access: Access | None = None
     ) -> tuple[Answer, int]:
-        docs, subset = self._readable(live, access)
+        state = self._labelling(live)  # one policy state for the filter and the labels the citations carry
+        docs, subset = self._readable(live, access, state)
         retriever = live.retriever
         k = self.check_request(question, k, documents, docs)  # a document the user may not read is unknown
         fetch = k
@@ -272,7 +275,8 @@ class Engine:
         searched = tuple(d.path for d in docs.values() if not documents or d.id in documents or d.path in documents)
         model = retriever.index.manifest.model if retriever.embedder else None
         result = replace(result, notices=result.notices + live.notices)
-        answer = build_answer(result.question, result, docs, retriever.index.version, model, searched, limit=k)
+        answer = build_answer(result.question, result, docs, retriever.index.version, model, searched, limit=k,
+                              labels=state.labels)  # fmt: skip
         return replace(answer, id=uuid.uuid4().hex), k
 
     def check_request(

@@ -24,6 +24,13 @@ Labels are metadata, not vectors: they are computed when the engine opens an ind
 sees the policy file change, from the policy and the index's documents, and never stored in the
 index, so a policy change takes effect on the next question without re-embedding. The policy's
 **version** is the SHA-256 of the file's bytes and the effective default.
+
+**Where labels are recorded.** For the same reason the index manifest records neither labels nor a
+policy version: they are no input of a build, and a version written there at build time would name
+a policy that may no longer be the one in force. What was in force for an answer is recorded with
+the answer: every citation carries its document's label (sorted groups, `("open",)` for anyone)
+and the policy version (`answer.Citation`), the answer its policy version, its audit record the
+asker's groups too; the start-up log and the chat's status line name the version in force.
 """
 
 from __future__ import annotations

@@ -108,9 +108,11 @@ def theme() -> gr.themes.Base:
 
 def status_text(engine: Engine, access: Access | None = None) -> str:
     status = engine.status(access)
+    policy = engine.labels().policy
     line = (
         f"Mode: **{status.mode}** · {status.documents} documents · {status.passages} passages · "
         f"index {escape_markdown(status.index_version)}"
+        + (f" · need-to-know policy {policy.version[:12]}" if policy else "")  # the version citations name
     )
     return "\n\n".join([line, *(f"*{escape_markdown(notice)}*" for notice in status.notices)])
 

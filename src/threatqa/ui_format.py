@@ -76,14 +76,20 @@ def file_link(cite: Citation) -> str:
     return f"api/documents/{quote(cite.document_id, safe='')}/file{page}"
 
 
+def handling(cite: Citation) -> str:
+    """' · handling: red, blue' (escaped) under a need-to-know policy, so that an analyst sees who may
+    read what they quote; nothing without a policy."""
+    return f" · handling: {escape_markdown(cite.handling)}" if cite.handling else ""
+
+
 def citation_line(passage: Passage, answer: Answer) -> str:
-    """'[1] Title · date · para 3 · best match · in context · original file'."""
+    """'[1] Title · date · para 3 · handling: red · best match · in context · original file'."""
     cite = passage.citation
     top = answer.passages[0].score if answer.passages else 0.0
     strength = match_words(passage, top) if answer.answered else "nearest, may not answer"
     line = (
         f"**[{passage.rank}]** {escape_markdown(cite.title)} · {escape_markdown(dated(cite.date, cite.date_source))} · "
-        f"{escape_markdown(cite.location())} · *{strength}*"
+        f"{escape_markdown(cite.location())}{handling(cite)} · *{strength}*"
     )
     if answer.id:
         line += f" · [in context]({passage_link(answer.id, passage.rank)})"
@@ -93,7 +99,7 @@ def citation_line(passage: Passage, answer: Answer) -> str:
 def sources_line(passage: Passage) -> str:
     """Every file this text appears in, each linked to the original."""
     files = [
-        f"[{escape_markdown(cite.source)}, {escape_markdown(cite.location())}]({file_link(cite)})"
+        f"[{escape_markdown(cite.source)}, {escape_markdown(cite.location())}]({file_link(cite)}){handling(cite)}"
         for cite in passage.sources
     ]
     return f"Same text in {len(files)} files: " + " · ".join(files)
@@ -160,7 +166,7 @@ def context_heading(passage: Passage) -> str:
     return (
         f"**[{passage.rank}]** {escape_markdown(cite.title)} · {escape_markdown(cite.source)} · "
         f"{escape_markdown(cite.location())}, lines {cite.line_start}–{cite.line_end}, "
-        f"characters {cite.start}–{cite.end}"
+        f"characters {cite.start}–{cite.end}{handling(cite)}"
     )
 
 

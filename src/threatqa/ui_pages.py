@@ -43,6 +43,7 @@ mark { background: #fde68a; color: var(--ink); padding: 0 1px; }
 ul.sources { margin: 4px 0 8px; padding-left: 20px; }
 .context { white-space: pre-wrap; overflow-wrap: anywhere; }
 .abstain { font-weight: 700; }
+.handling { color: var(--ink); font-weight: 600; white-space: nowrap; }
 #copied { color: #14532d; font-size: 0.92rem; }
 """
 COPY_SCRIPT = """<script>
@@ -97,10 +98,18 @@ def _check_badge(check: Check | None) -> str:
     return f'<span class="status {css}"{title}>{escape(label)}</span>'
 
 
+def _handling(cite: Citation) -> str:
+    """Who may read the cited document (need-to-know label), where an analyst reads the reference."""
+    if not cite.handling:
+        return ""
+    return f' · <span class="handling">handling: {escape(cite.handling)}</span>'
+
+
 def _source_item(cite: Citation, check: Check | None, up: str) -> str:
     return (
         f"<li>{escape(cite.title)} · {escape(dated(cite.date, cite.date_source))} · {escape(cite.location())} · "
-        f'<a href="{escape(_file_href(cite, up))}">{escape(cite.source)}</a> {_check_badge(check)}</li>'
+        f'<a href="{escape(_file_href(cite, up))}">{escape(cite.source)}</a>{_handling(cite)} '
+        f"{_check_badge(check)}</li>"
     )
 
 
@@ -127,10 +136,11 @@ def answer_page(
     """The permalink page: the question, the lead, every passage with its sources and verify status,
     copy and export."""
     who = f" · asked by {escape(user)}" if user else ""
+    policy = f" · policy {escape(answer.policy_version[:12])}" if answer.policy_version else ""
     parts = [
         '<p class="meta"><a href="../">← ThreatQA</a></p>',
         f"<h1>{escape(answer.question)}</h1>",
-        f'<p class="meta">Answered {escape(when)}{who} · index {escape(answer.index_version)} · '
+        f'<p class="meta">Answered {escape(when)}{who} · index {escape(answer.index_version)}{policy} · '
         f"answer {escape(answer.id or '')}</p>",
         '<div class="actions"><button id="copy" type="button">Copy answer</button>'
         f'<a href="{answer.id}.md">Export Markdown</a><a href="{answer.id}.json">Export JSON</a>'
@@ -164,8 +174,8 @@ def context_page(answer: Answer, passage: Passage, document_text: str) -> str:
         f'<p class="meta"><a href="../../{answer.id}">← the answer</a> · <a href="../../../">ThreatQA</a></p>',
         f"<h1>[{passage.rank}] {escape(cite.title)}</h1>",
         f'<p class="cite">{escape(cite.source)} · {escape(dated(cite.date, cite.date_source))} · '
-        f"{escape(cite.location())}, lines {cite.line_start}–{cite.line_end}, characters {cite.start}–{cite.end} · "
-        f'<a href="{escape(_file_href(cite, "../../../"))}">original file</a></p>',
+        f"{escape(cite.location())}, lines {cite.line_start}–{cite.line_end}, characters {cite.start}–{cite.end}"
+        f'{_handling(cite)} · <a href="{escape(_file_href(cite, "../../../"))}">original file</a></p>',
         f'<p class="meta">Question: {escape(answer.question)}</p>',
         f'<div class="context">{escape(before)}{body}{escape(after)}</div>',
     ]
