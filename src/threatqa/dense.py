@@ -17,11 +17,9 @@ Files in an index version:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,22 +76,40 @@ class DenseConfig:
                 raise ValueError(f"dense codes {codes!r} are not one of {sorted(CODES)}")
 
 
-# windows: a filter that keeps at most this many of an approximate (IVF) index is searched exactly over
-# their decoded vectors (a few ms), not by probing IVF lists, which must then be many
+# windows: a filter that keeps at most this many of an approximate (IVF) index probes every list, so its
+# search is exhaustive over the chosen windows' codes, as an index of only those windows would be; more,
+# and lists are probed in proportion to how few windows are chosen (the search then is approximate)
 EXACT_SUBSET = 20_000
-FILTERS_KEPT = 8  # filters whose exact index (at most 15 MB at 384 dimensions) or IVF selector is kept
 
 
 class _Bitmap:
-    """A FAISS selector of the chosen windows as a bitmap (one bit a window), with the bits it reads."""
+    """A FAISS selector of windows from their packed bitmap (one bit a window, little bit order)."""
 
-    def __init__(self, chosen: np.ndarray, windows: int) -> None:
+    def __init__(self, bits: np.ndarray, windows: int) -> None:
         import faiss
 
-        marks = np.zeros(windows, dtype=bool)
-        marks[chosen] = True
-        self.bits = np.packbits(marks, bitorder="little")  # kept alive: FAISS reads it at every search
-        self.selector = faiss.IDSelectorBitmap(windows, faiss.swig_ptr(self.bits))
+        self.bits = bits  # kept alive: FAISS reads it during the search
+        self.selector = faiss.IDSelectorBitmap(windows, faiss.swig_ptr(bits))
+
+
+@dataclass(frozen=True)
+class DensePart:
+    """One label's windows (need-to-know), made when the engine labels an index version: their bitmap,
+    and, in an IVF index, when there are at most EXACT_SUBSET of them, an exhaustive index of their
+    decoded vectors (fp16, 768 bytes a window) with their window numbers. A user's search ORs the
+    bitmaps of the labels they may read, or searches their small indexes, so nothing is made or kept
+    on a readable set's first question: that would make it slower than the next, which someone could
+    time to learn that a user with the same groups had asked."""
+
+    bits: np.ndarray  # uint8, packed
+    count: int
+    ids: np.ndarray | None = None  # int64 window numbers of `flat`'s vectors
+    flat: Any = None
+
+    @property
+    def nbytes(self) -> int:
+        flat = 2 * self.flat.d * self.flat.ntotal if self.flat is not None else 0
+        return self.bits.nbytes + (self.ids.nbytes if self.ids is not None else 0) + flat
 
 
 class DenseIndex:
@@ -112,8 +128,6 @@ class DenseIndex:
         self.windows = windows
         self.owners = np.ascontiguousarray(windows[:, 0], dtype=np.int64)
         self.starts = np.searchsorted(self.owners, np.arange(passages + 1)).astype(np.int64)
-        self._subsets: dict[tuple[str, bytes], Any] = {}  # kept for a filter (`_kept`), oldest first
-        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, folder: Path, passages: int, dimension: int) -> DenseIndex:
@@ -162,74 +176,73 @@ class DenseIndex:
             return np.zeros((0, self.faiss.d), dtype=np.float32)  # type: ignore[attr-defined]
         return self.faiss.reconstruct_batch(np.asarray(window_ids, dtype=np.int64))  # type: ignore[attr-defined]
 
-    def search(self, vector: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and scores (best window's cosine) of the k best passages, only mask's rows when given."""
+    def part(self, mask: np.ndarray) -> DensePart:
+        """The windows of the passages where mask is True, as one label's part (DensePart)."""
+        import faiss
+
+        marks = mask[self.owners]
+        part = DensePart(np.packbits(marks, bitorder="little"), int(marks.sum()))
+        if not self.ivf or part.count > EXACT_SUBSET:
+            return part
+        ids = np.flatnonzero(marks).astype(np.int64)
+        flat = faiss.IndexScalarQuantizer(self.faiss.d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)  # type: ignore[attr-defined]
+        flat.add(self.vectors(ids))
+        return DensePart(part.bits, part.count, ids, flat)
+
+    def search(
+        self, vector: np.ndarray, k: int, mask: np.ndarray | None = None, parts: tuple[DensePart, ...] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores (best window's cosine) of the k best passages; only mask's rows when given,
+        which, when `parts` is given, are exactly the passages of those parts (a readable set)."""
         import faiss
 
         use_threads(_question_threads)
-        params = None
+        params, chosen = None, len(self)
         if mask is not None:
-            chosen = np.flatnonzero(mask[self.owners]).astype(np.int64)
-            if self.ivf and len(chosen) <= EXACT_SUBSET:
-                return self._exact(vector, k, chosen)
-            selector = self._kept(chosen, "selector", lambda: _Bitmap(chosen, len(self))).selector
-            if self.ivf:
-                # the fewer windows chosen, the more lists: about as many chosen windows as an unfiltered
-                # search sees (all lists cost as much as an exact search of every window)
-                nprobe = -(-self.faiss.nprobe * len(self) // max(len(chosen), 1))
-                params = faiss.SearchParametersIVF(sel=selector, nprobe=min(self.faiss.nlist, nprobe))
+            if parts is not None:
+                chosen = sum(part.count for part in parts)
+                if self.ivf and chosen <= EXACT_SUBSET:
+                    return self._parts(vector, k, parts)
+                bits = np.bitwise_or.reduce([part.bits for part in parts])  # chosen > 0 windows: parts
             else:
-                params = faiss.SearchParameters(sel=selector)
+                marks = mask[self.owners]
+                chosen, bits = int(marks.sum()), np.packbits(marks, bitorder="little")
+            selector = _Bitmap(bits, len(self))  # made for this question: see DensePart
+            if self.ivf:
+                # few windows chosen: every list, an exhaustive search of their codes; more: the fewer chosen,
+                # the more lists, about as many chosen windows as an unfiltered search sees
+                nprobe = -(-self.faiss.nprobe * len(self) // max(chosen, 1))
+                nprobe = self.faiss.nlist if chosen <= EXACT_SUBSET else min(self.faiss.nlist, nprobe)
+                params = faiss.SearchParametersIVF(sel=selector.selector, nprobe=nprobe)
+            else:
+                params = faiss.SearchParameters(sel=selector.selector)
         wanted = k * _WINDOWS_PER_PASSAGE
         while True:
-            fetch = min(wanted, len(self))
+            fetch = min(wanted, chosen)
+            if not fetch:
+                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
             scores, ids = self.faiss.search(vector, fetch, params=params)  # type: ignore[attr-defined]
             found = ids[0] >= 0
             rows, best = _best_by_owner(self.owners[ids[0][found]], scores[0][found])
             # done with k passages, or when FAISS had no more to give (a filter, or the IVF lists probed)
-            if len(rows) >= k or fetch == len(self) or found.sum() < fetch:
+            if len(rows) >= k or fetch == chosen or found.sum() < fetch:
                 return rows[:k], best[:k]
             wanted *= 4
 
-    def _exact(self, vector: np.ndarray, k: int, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The k best passages among the chosen windows, by their decoded vectors (as an exhaustive index of
-        only those windows would rank them; need-to-know subsets and document filters). The chosen
-        windows' vectors are copied once into an exact index of their own, kept for the next question
-        with the same choice (a readable set): gathering them took 6 ms a question at 9k windows."""
-        flat = self._kept(chosen, "flat", lambda: self._flat(chosen))
-        wanted = k * _WINDOWS_PER_PASSAGE
+    def _parts(self, vector: np.ndarray, k: int, parts: tuple[DensePart, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The k best passages of the parts' windows, each part's exhaustive index searched and the
+        results merged: the best `fetch` windows of a union are among its parts' best `fetch`."""
+        total, wanted = sum(part.count for part in parts), k * _WINDOWS_PER_PASSAGE
         while True:
-            fetch = min(wanted, len(chosen))
-            scores, ids = flat.search(vector, fetch)  # type: ignore[attr-defined]
-            rows, best = _best_by_owner(self.owners[chosen[ids[0]]], scores[0])
-            if len(rows) >= k or fetch == len(chosen):
+            fetch = min(wanted, total)
+            found = [(part.flat.search(vector, min(fetch, part.count)), part.ids) for part in parts if part.count]
+            scores = np.concatenate([s[0] for (s, _i), _ids in found] or [np.zeros(0, np.float32)])
+            ids = np.concatenate([ids[i[0]] for (_s, i), ids in found] or [np.zeros(0, np.int64)])
+            order = np.argsort(-scores, kind="stable")[:fetch]
+            rows, best = _best_by_owner(self.owners[ids[order]], scores[order])
+            if len(rows) >= k or fetch == total:
                 return rows[:k], best[:k]
             wanted *= 4
-
-    def _flat(self, chosen: np.ndarray) -> object:
-        """An exhaustive inner-product index of the chosen windows' decoded vectors (in fp16: within
-        2e-4 of them a component)."""
-        import faiss
-
-        flat = faiss.IndexScalarQuantizer(self.faiss.d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)  # type: ignore[attr-defined]
-        flat.add(self.vectors(chosen))
-        return flat
-
-    def _kept(self, chosen: np.ndarray, kind: str, make: Callable[[], Any]) -> Any:
-        """What `make` builds for these chosen windows, kept for the next question with the same choice
-        (a readable set), the FILTERS_KEPT most recently used."""
-        key = (kind, hashlib.blake2b(chosen.tobytes(), digest_size=16).digest())
-        with self._lock:
-            found = self._subsets.pop(key, None)
-            if found is not None:
-                self._subsets[key] = found  # the most recently used last
-                return found
-        made = make()
-        with self._lock:
-            self._subsets[key] = made
-            while len(self._subsets) > FILTERS_KEPT:
-                self._subsets.pop(next(iter(self._subsets)))
-        return made
 
     def scores(self, vector: np.ndarray, rows: list[int]) -> np.ndarray:
         """Each row's best window cosine with the (1, d) vector, as a search of the codes computes it."""

@@ -13,7 +13,7 @@ from threatqa.answer import Answer, answer_from_json, build_answer, collapse
 from threatqa.audit import AuditLog, AuditRecord
 from threatqa.chunking import ChunkConfig
 from threatqa.config import Settings
-from threatqa.dense import DenseConfig, set_compute_threads
+from threatqa.dense import DenseConfig, DensePart, set_compute_threads
 from threatqa.embeddings import (
     BUNDLED_MODEL,
     HOW_TO_PROVIDE,
@@ -76,6 +76,7 @@ class _Labelled:
     stamp: tuple[int, ...] | None  # the policy file's (mtime, size, inode); None: no file
     labels: Labels
     parts: dict[str, Part]  # by label name
+    windows: dict[str, DensePart]  # by label name (none in lexical mode)
     subsets: dict[tuple[str, ...], tuple[frozenset[str], Statistics | None]]
 
 
@@ -192,7 +193,7 @@ class Engine:
             index = live.retriever.index
             documents = ((d.id, d.path, _opening(index, d)) for d in live.documents.values())
             labels = label_documents(policy, documents)
-            state = _Labelled(index, stamp, labels, _label_parts(live.retriever, labels), {})
+            state = _Labelled(index, stamp, labels, *_label_parts(live.retriever, labels), {})
             self._labelled = state
             return state
 
@@ -211,8 +212,8 @@ class Engine:
             ids = frozenset(state.labels.readable(access) or ())
             # everything readable: the index's own statistics are the subset's, nothing to work out
             everything = len(ids) == len(live.documents)
-            chosen = [state.parts[name] for name in key[1:] if name in state.parts]
-            found = ids, None if everything else live.retriever.index.lexical.combine(chosen)
+            names = [name for name in key[1:] if name in state.parts]
+            found = ids, None if everything else _subset(live.retriever, state, names)
             with self._policy_lock:
                 while len(state.subsets) >= SUBSETS_KEPT:
                     state.subsets.pop(next(iter(state.subsets)))
@@ -406,16 +407,27 @@ MAX_K = 100  # passages per answer, whatever the front end
 MAX_DOCUMENT_FILTER = 1000  # entries in a request's document filter
 
 
-def _label_parts(retriever: Retriever, labels: Labels) -> dict[str, Part]:
-    """Each label's BM25 counts (lexical_subset.Part) by its name; none without a policy."""
+def _label_parts(retriever: Retriever, labels: Labels) -> tuple[dict[str, Part], dict[str, DensePart]]:
+    """Each label's BM25 counts (lexical_subset.Part) and dense windows (dense.DensePart), by its name;
+    none without a policy."""
     if labels.policy is None:
-        return {}
+        return {}, {}
     by_label: dict[str, list[str]] = {}
     for doc_id, label in labels.by_document.items():
         by_label.setdefault(label.name, []).append(doc_id)
     names = sorted(by_label)
     masks = [retriever.mask(by_label[name]) for name in names]
-    return dict(zip(names, retriever.index.lexical.parts(masks)))
+    dense = retriever.index.dense
+    windows = {name: dense.part(mask) for name, mask in zip(names, masks)} if dense is not None else {}
+    return dict(zip(names, retriever.index.lexical.parts(masks))), windows
+
+
+def _subset(retriever: Retriever, state: _Labelled, names: list[str]) -> Statistics:
+    """The statistics of the readable set of these labels, summed from their parts, with their dense parts."""
+    statistics = retriever.index.lexical.combine([state.parts[name] for name in names])
+    if not state.windows:
+        return statistics
+    return replace(statistics, windows=tuple(state.windows[name] for name in names))
 
 
 def _stamp(path: Path) -> tuple[int, ...] | None:

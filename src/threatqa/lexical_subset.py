@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -58,6 +59,9 @@ class Statistics:
     idf: np.ndarray  # float32 (stems, 2): IDF over passages and over sentences
     means: np.ndarray  # float64: mean sentence and passage lengths in words
     chars: CharStatistics
+    # the readable labels' dense windows (dense.DensePart), made with their counts; None: the dense search
+    # makes its own filter from `mask`
+    windows: tuple[Any, ...] | None = None
 
     @property
     def nbytes(self) -> int:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from threatqa.chunking import Chunk
-from threatqa.dense import term_match
+from threatqa.dense import DensePart, term_match
 from threatqa.embeddings import Embedder
 from threatqa.index import Index
 from threatqa.lexical import content_words, word_tokens
@@ -182,11 +182,12 @@ class Retriever:
         text, notices = clean_question(question, self.max_question_chars)
         if not text:
             return Retrieval(text, (), False, self.mode, (*notices, "the question is empty"))
-        mask = self._mask(documents)
+        mask, parts = self._mask(documents), None
         if subset is not None:
             if not subset.count:
                 return Retrieval(text, (), False, self.mode, (*notices, "there are no documents you may read"))
             if subset.count < len(self.index):  # everything readable: no filter for FAISS to apply
+                parts = subset.windows if mask is None else None  # the readable set's own dense filter
                 mask = subset.mask if mask is None else mask & subset.mask
         if mask is not None and not mask.any():
             return Retrieval(text, (), False, self.mode, (*notices, "none of the chosen documents is indexed"))
@@ -199,14 +200,14 @@ class Retriever:
             dense_rows, dense_scores = empty
         elif mode == "dense":
             lex_rows, lex_scores = empty
-            vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask, subset)
+            vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask, subset, parts)
         else:
             # whichever side finishes first reads its best passages while the other runs: most answers
             # are among them
             dense_done = threading.Event()
             lexical = _LEXICAL_POOL.submit(self._lexical, text, pool, mask, 2 * k, dense_done, subset)
             try:
-                vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask, subset)
+                vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask, subset, parts)
                 dense_done.set()  # now, not after the reading below: the lexical side need not read too
                 if not lexical.done():
                     read.prefetch(self.index, text, dense_rows[: 2 * k].tolist())
@@ -254,12 +255,13 @@ class Retriever:
         return rows, scores, read
 
     def _dense(
-        self, text: str, pool: int, mask: np.ndarray | None, subset: Statistics | None = None
-    ) -> tuple[np.ndarray, _Words | None, tuple[np.ndarray, np.ndarray]]:
+        self, text: str, pool: int, mask: np.ndarray | None, subset: Statistics | None = None,
+        parts: tuple[DensePart, ...] | None = None,
+    ) -> tuple[np.ndarray, _Words | None, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
         """The question's vector, its words for term matching, and the rows and cosines of its best
-        passages."""
+        passages (mask's; `parts`: the same passages as labels' dense parts)."""
         vector, words = self._embed(text, subset)
-        return vector, words, self.index.dense.search(vector, pool, mask)  # type: ignore[union-attr]
+        return vector, words, self.index.dense.search(vector, pool, mask, parts)  # type: ignore[union-attr]
 
     def _embed(self, text: str, subset: Statistics | None = None) -> tuple[np.ndarray, _Words | None]:
         """The question's vector and its content words' vectors and weights (IDF over the subset's
