@@ -153,6 +153,20 @@ def test_a_policy_change_takes_effect_without_reindexing(tmp_path: Path) -> None
         engine.documents(ann)
 
 
+def test_the_manifest_records_the_policy_of_its_build(tmp_path: Path) -> None:
+    """Each index version's manifest names the policy in force when it was built and every label under
+    it; a later policy change applies to answers without a rebuild, and the manifest keeps the build's."""
+    files = {"alpha/one.txt": "Cocaine seizures rose.", "other/two.md": "---\ngroups: open\n---\n\nFraud grew.\n"}
+    engine = _engine(tmp_path, files, POLICY)
+    built = engine.index.manifest.policy
+    assert built is not None and built["labels"] == {"alpha/one.txt": "alpha", "other/two.md": "open"}
+    assert built["version"] == engine.labels().policy.version  # type: ignore[union-attr]
+    (tmp_path / POLICY_FILE).write_text('default = "open"\n' + POLICY, encoding="utf-8")
+    answer = engine.ask("cocaine seizures", access=Access.of("ann", ["alpha"]))
+    assert answer.policy_version != built["version"] and engine.index.manifest.policy == built
+    assert _engine(tmp_path / "none", files, None).index.manifest.policy is None
+
+
 def test_front_matter_labels_win_over_rules(tmp_path: Path) -> None:
     files = {
         "alpha/open.md": "---\ntitle: Open\ngroups: open\n---\n\nCocaine seizures rose.\n",

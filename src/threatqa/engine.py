@@ -508,10 +508,15 @@ def index_folder(
     only in lexical mode (no model configured) or when `lexical` says so."""
     if not settings.docs.is_dir():
         raise IndexMissing(f"docs folder {settings.docs} does not exist; set --docs or THREATQA_DOCS")
+    try:  # recorded in the manifest; what is enforced is read again at every question
+        policy = load_policy(policy_path(settings.docs, settings.policy), settings.default_label, bool(settings.policy))
+    except ConfigError as exc:
+        log(f"warning: {exc}; this index version records no policy (answers refuse until it is fixed)")
+        policy = None
     return build_index(
         settings.docs, settings.index, embedder, chunk_config(settings), settings.max_file_mb, warn=log,
         dense=DenseConfig(settings.ann_threshold, settings.ann_nprobe), allow_lexical=lexical or not settings.model,
-        limits=IngestLimits.from_settings(settings),
+        limits=IngestLimits.from_settings(settings), policy=policy,
     )  # fmt: skip
 
 

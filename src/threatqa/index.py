@@ -37,6 +37,7 @@ from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable
 from threatqa.ingest import Document, IngestLimits, file_sha256, load_documents
 from threatqa.lexical import LexicalIndex, content_words
 from threatqa.manifest import MANIFEST, SCHEMA_VERSION, Manifest, input_fingerprint, read_manifest
+from threatqa.policy import Policy
 from threatqa.store import CHUNKS, DIGESTS, DocumentInfo, passage_digests, passage_sha256, write_store
 from threatqa.versions import BM25_DIR, CURRENT, Index, current_version, open_index
 
@@ -80,8 +81,10 @@ def build_index(
     dense: DenseConfig = DenseConfig(),
     allow_lexical: bool = False,
     limits: IngestLimits | None = None,
+    policy: Policy | None = None,
 ) -> BuildReport:
-    """Index docs_dir into index_dir, re-embedding only added or changed documents.
+    """Index docs_dir into index_dir, re-embedding only added or changed documents; the manifest
+    records `policy` (the need-to-know policy in force) and each document's label under it.
 
     Without an embedder, a hybrid index is not replaced by a lexical one unless `allow_lexical`
     (the user chose lexical mode): that raises ModelUnavailable instead."""
@@ -120,8 +123,9 @@ def build_index(
         version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}{int(now % 1 * 1e6):06d}-{fingerprint[:8]}"
         carry = Carried(reusable.dense, carried) if reused and reusable and reusable.dense else None
         manifest = _write_version(
-            index_dir, version, documents, chunks, vectors, spans, embedder, chunking, fingerprint, dense, terms, carry
-        )
+            index_dir, version, documents, chunks, vectors, spans, embedder, chunking, fingerprint, dense, terms, carry,
+            _policy_record(policy, documents),
+        )  # fmt: skip
         _switch(index_dir, version)
         _prune(index_dir, keep={version, previous.folder.name if previous else ""})
     if input_fingerprint(docs_dir, chunking, limits=limits) != fingerprint:
@@ -287,6 +291,14 @@ def _embed(
     return out
 
 
+def _policy_record(policy: Policy | None, documents: list[Document]) -> dict[str, object] | None:
+    """What the manifest records of the policy in force at build time: its version and every label."""
+    if policy is None:
+        return None
+    labels = {d.path: policy.label(d.path, d.text).name for d in documents}
+    return {"version": policy.version, "labels": dict(sorted(labels.items()))}
+
+
 def _write_version(
     index_dir: Path,
     version: str,
@@ -300,6 +312,7 @@ def _write_version(
     dense_config: DenseConfig = DenseConfig(),
     terms: TermVectors | None = None,
     carried: Carried | None = None,
+    policy: dict[str, object] | None = None,
 ) -> Manifest:
     staging = index_dir / f".tmp-{uuid.uuid4().hex}"
     staging.mkdir()
@@ -348,6 +361,7 @@ def _write_version(
             window_count=len(spans) if dense else 0,  # type: ignore[arg-type]
             files=files,
             inputs=fingerprint,
+            policy=policy,
         )
         _write_atomic(staging / MANIFEST, json.dumps(manifest.to_json(), indent=1, sort_keys=True))
         _fsync_tree(staging)

@@ -54,10 +54,14 @@ class Manifest:
     window_count: int
     files: dict[str, dict[str, object]]
     inputs: str  # input_fingerprint() of the docs folder this version was built from
+    # the need-to-know policy in force when this version was built: its version and each document's
+    # label by path (None: no policy). A record, not what is enforced: labels are worked out from the
+    # policy as it is now at every question (policy.py), so a policy change needs no rebuild
+    policy: dict[str, object] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Manifest:
-        values = {name: data[name] for name in cls.__dataclass_fields__}
+        values = {name: data[name] for name in cls.__dataclass_fields__ if name in data or name != "policy"}
         values["retrievers"] = tuple(values["retrievers"])  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 

@@ -25,12 +25,13 @@ sees the policy file change, from the policy and the index's documents, and neve
 index, so a policy change takes effect on the next question without re-embedding. The policy's
 **version** is the SHA-256 of the file's bytes and the effective default.
 
-**Where labels are recorded.** For the same reason the index manifest records neither labels nor a
-policy version: they are no input of a build, and a version written there at build time would name
-a policy that may no longer be the one in force. What was in force for an answer is recorded with
-the answer: every citation carries its document's label (sorted groups, `("open",)` for anyone)
-and the policy version (`answer.Citation`), the answer its policy version, its audit record the
-asker's groups too; the start-up log and the chat's status line name the version in force.
+**Where labels are recorded.** What was in force for an answer is recorded with the answer: every
+citation carries its document's label (sorted groups, `("open",)` for anyone) and the policy
+version (`answer.Citation`), the answer its policy version, its audit record the asker's groups
+too; the start-up log and the chat's status line name the version in force. The index manifest
+records the policy in force when that version was built, with every document's label under it
+(`Manifest.policy`): a record of the build, not what is enforced, since a later policy change
+applies without a rebuild and the manifest keeps the build's.
 """
 
 from __future__ import annotations
