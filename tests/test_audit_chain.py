@@ -294,6 +294,12 @@ def _without(passage: dict, key: str) -> dict:
     return {k: v for k, v in passage.items() if k != key}
 
 
+def _copy(passage: dict, source: str, **changes: object) -> dict:
+    """The citation of another file's copy of a passage, as `also_in` lists it (no text, no reference)."""
+    moved = {"source": source, "document_id": source, "title": source.upper(), "start": 7, "paragraph": 3}
+    return {k: v for k, v in passage.items() if k not in ("text", "reference", "rank", "score")} | moved | changes
+
+
 ODD_PAYLOADS = {
     "feedback": {"answer_id": "x", "helpful": True},
     "no passages": {"passages": [], "index_version": "v1"},
@@ -308,6 +314,14 @@ ODD_PAYLOADS = {
     "an extra field": {"passages": [_passage(1, "one"), _passage(2, "two", extra=[1])]},
     "not a list": {"passages": "none"},
     "long settings": {"settings": {"documents": [f"doc-{i}.txt" for i in range(50)]}, "passages": []},
+    "copies": {"index_version": "v1", "model": None, "passages": [
+        _passage(1, "one", also_in=[_copy(_passage(1, "one"), "b.txt"), _copy(_passage(1, "one"), "c.txt")]),
+        _passage(2, "two", also_in=[]), _passage(3, "six", also_in=[_copy(_passage(3, "six"), "a.txt")])]},
+    "copies of their own": {"index_version": "v1", "model": None, "passages": [
+        _passage(1, "one", also_in=[_copy(_passage(1, "one"), "b.txt")]),
+        _passage(2, "two", also_in=[_copy(_passage(2, "two"), "b.txt", extra=1)]),
+        _passage(3, "six", also_in=[_copy(_passage(3, "six"), "b.txt", passage_sha256="f" * 64)]),
+        _passage(4, "ten", also_in="none")]},
 }  # fmt: skip
 
 
@@ -318,7 +332,18 @@ def test_the_lean_form_never_changes_a_payload(name: str) -> None:
     if lean is not None:
         assert decode(lean.body, lean.texts.__getitem__, "q", "rid") == json.loads(json.dumps(payload))
     assert (lean is not None) == (name in ("feedback", "no passages", "a value that looks like a reference",
-                                           "non-text keys and tuples", "answer", "long settings"))  # fmt: skip
+                                           "non-text keys and tuples", "answer", "long settings", "copies",
+                                           "copies of their own"))  # fmt: skip
+
+
+def test_copies_are_stored_as_rows_unless_they_would_not_come_back() -> None:
+    """A passage's other copies (`also_in`) name their documents like passages and keep only their own
+    fields; copies with fields of their own, another text, or not a list are kept as they are."""
+    packed = json.loads(encode(ODD_PAYLOADS["copies"], "q", "rid").body)["p"]  # type: ignore[union-attr]
+    copies = [row[-2] for row in packed["r"]]
+    assert [len(c["@"]) if isinstance(c, dict) else c for c in copies] == [2, [], 1] and "a" in packed
+    kept = json.loads(encode(ODD_PAYLOADS["copies of their own"], "q", "rid").body)["p"]  # type: ignore[union-attr]
+    assert [isinstance(row[-2], dict) for row in kept["r"]] == [True, False, False, False]
 
 
 def test_a_full_disk_fails_the_question_and_loses_no_record(engine: Engine) -> None:

@@ -26,6 +26,7 @@ DOC_KEYS = ("source", "document_id", "title", "date", "document_sha256")  # the 
 SHARED_KEYS = ("index_version", "model")  # in every passage, and the same as the answer's own
 INLINE_LIMIT = 96  # characters of JSON: a longer top-level value (settings, documents searched) is stored once
 REF = "#"  # {"#": sha256}: a value stored in the texts table
+COPIES, COPY_ROWS = "also_in", "@"  # a passage's other copies, and the marker of their rows
 
 
 @dataclass(frozen=True)
@@ -95,17 +96,52 @@ def _encode_passages(payload: dict[str, Any], stored: Callable[[str], str]) -> d
     wanted = set(columns)
     docs: dict[str, int] = {}  # the answer's documents, by the name of their fields' text
     named: dict[str, str] = {}
-    rows = []
+    rows, copy_columns = [], []  # type: ignore[var-annotated]
     for passage in passages:
         if set(_own_keys(passage, payload, shared)) != wanted or any(k not in passage for k in shared):
             raise _Unfit("passages differ in their fields")
         if stored(passage["text"]) != passage["passage_sha256"]:
             raise _Unfit("a text that does not match its passage_sha256")
-        fields = {k: passage[k] for k in DOC_KEYS if k in passage}
-        key = dumps(fields)
-        doc = docs.setdefault(named.get(key) or named.setdefault(key, stored(key)), len(docs))
-        rows.append([doc, *(passage[k] for k in columns), _reference_head(passage)])
-    return {"c": stored(dumps(columns)), "d": list(docs), "r": rows}
+
+        def document(item: dict[str, Any]) -> int:
+            key = dumps({k: item[k] for k in DOC_KEYS if k in item})
+            return docs.setdefault(named.get(key) or named.setdefault(key, stored(key)), len(docs))
+
+        values = [_copies(passage, document, copy_columns) if k == COPIES else passage[k] for k in columns]
+        rows.append([document(passage), *values, _reference_head(passage)])
+    packed = {"c": stored(dumps(columns)), "d": list(docs), "r": rows}
+    if copy_columns:
+        packed["a"] = stored(dumps(copy_columns))
+    return packed
+
+
+def _copies(passage: dict[str, Any], document: Callable[[dict[str, Any]], int], columns: list[str]) -> Any:
+    """A passage's other copies (citations of the same text in other files) as rows [document, fields
+    in `columns`...] under {COPY_ROWS: rows}: each copy's document fields are named like a passage's,
+    its text and the answer's shared fields are the passage's. Copies that this would not give back
+    exactly are kept as they are."""
+    copies = passage[COPIES]
+    if not isinstance(copies, list) or not copies or not all(isinstance(c, dict) for c in copies):
+        return copies
+    if not columns:
+        columns.extend(k for k in copies[0] if k not in {*DOC_KEYS, *SHARED_KEYS, "passage_sha256"})
+    rows = []
+    for copy in copies:
+        row, fields = [-1, *(copy.get(k) for k in columns)], {k: copy[k] for k in DOC_KEYS if k in copy}
+        if _copy(row, columns, passage, fields) != copy:  # e.g. fields of its own
+            return copies
+        rows.append(row)
+    for row, copy in zip(rows, copies):
+        row[0] = document(copy)
+    return {COPY_ROWS: rows}
+
+
+def _copy(row: list[Any], columns: list[str], passage: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """A copy's citation from its row (its own fields), its document's fields, and the passage's hash
+    and the answer's shared fields where the passage has them."""
+    copy = dict(zip(columns, row[1:]))
+    copy |= {k: passage[k] for k in ("passage_sha256", *SHARED_KEYS) if k in passage}
+    return copy | document
 
 
 def _own_keys(passage: dict[str, Any], payload: dict[str, Any], shared: list[str]) -> list[str]:
@@ -146,6 +182,7 @@ def _decode_passages(packed: dict[str, Any], fetch: Callable[[str], str], payloa
         return []
     columns = json.loads(fetch(packed["c"]))
     docs = [json.loads(fetch(doc)) for doc in packed["d"]]
+    copy_columns = json.loads(fetch(packed["a"])) if "a" in packed else []
     passages = []
     for row in packed["r"]:
         passage = dict(zip(columns, row[1:-1]))
@@ -155,6 +192,9 @@ def _decode_passages(packed: dict[str, Any], fetch: Callable[[str], str], payloa
             if key in payload and key not in passage:
                 passage[key] = payload[key]
         passage["reference"] = row[-1] + _quoted(passage["text"])
+        copies = passage.get(COPIES)
+        if isinstance(copies, dict) and COPY_ROWS in copies:
+            passage[COPIES] = [_copy(r, copy_columns, passage, docs[r[0]]) for r in copies[COPY_ROWS]]
         passages.append(passage)
     return passages
 
@@ -170,4 +210,5 @@ def refs(body: str) -> list[str]:
     packed = lean.get("p")
     if packed and packed["c"] is not None:
         names += [packed["c"], *packed["d"], *(row[1] for row in packed["r"])]  # row[1]: the passage_sha256
+        names += [packed["a"]] if "a" in packed else []
     return names
