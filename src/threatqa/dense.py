@@ -80,6 +80,10 @@ class DenseConfig:
 # search is exhaustive over the chosen windows' codes, as an index of only those windows would be; more,
 # and lists are probed in proportion to how few windows are chosen (the search then is approximate)
 EXACT_SUBSET = 20_000
+# windows of the labels' own exhaustive indexes (DensePart), all labels together: about 77 MB of 8-bit codes
+# at 384 dimensions; and the most parts whose searches are merged (beyond, the IVF lists are probed instead)
+PART_INDEX_BUDGET = 200_000
+MERGED_PARTS = 16
 
 
 class _Bitmap:
@@ -95,8 +99,9 @@ class _Bitmap:
 @dataclass(frozen=True)
 class DensePart:
     """One label's windows (need-to-know), made when the engine labels an index version: their bitmap,
-    and, in an IVF index, when there are at most EXACT_SUBSET of them, an exhaustive index of their
-    decoded vectors (fp16, 768 bytes a window) with their window numbers. A user's search ORs the
+    and, in an IVF index, for labels of at most EXACT_SUBSET windows while PART_INDEX_BUDGET lasts, an
+    exhaustive index of their decoded vectors (8-bit codes fitted to them, 384 bytes a window at 384
+    dimensions: cosines within about 2e-3 of the IVF codes') with their window numbers. A user's search ORs the
     bitmaps of the labels they may read, or searches their small indexes, so nothing is made or kept
     on a readable set's first question: that would make it slower than the next, which someone could
     time to learn that a user with the same groups had asked."""
@@ -108,7 +113,7 @@ class DensePart:
 
     @property
     def nbytes(self) -> int:
-        flat = 2 * self.flat.d * self.flat.ntotal if self.flat is not None else 0
+        flat = self.flat.d * self.flat.ntotal if self.flat is not None else 0  # a byte a dimension
         return self.bits.nbytes + (self.ids.nbytes if self.ids is not None else 0) + flat
 
 
@@ -176,17 +181,31 @@ class DenseIndex:
             return np.zeros((0, self.faiss.d), dtype=np.float32)  # type: ignore[attr-defined]
         return self.faiss.reconstruct_batch(np.asarray(window_ids, dtype=np.int64))  # type: ignore[attr-defined]
 
-    def part(self, mask: np.ndarray) -> DensePart:
-        """The windows of the passages where mask is True, as one label's part (DensePart)."""
+    def parts(self, masks: list[np.ndarray]) -> list[DensePart]:
+        """The windows of each of these sets of passages (labels), as parts (DensePart): the smallest get
+        their own exhaustive index while PART_INDEX_BUDGET windows last, which bounds the memory."""
+        parts = [self.part(mask, exhaustive=False) for mask in masks]
+        budget = PART_INDEX_BUDGET
+        for i in sorted(range(len(parts)), key=lambda i: parts[i].count):
+            if self.ivf and parts[i].count <= min(EXACT_SUBSET, budget):
+                parts[i] = self.part(masks[i])
+                budget -= parts[i].count
+        return parts
+
+    def part(self, mask: np.ndarray, exhaustive: bool = True) -> DensePart:
+        """The windows of the passages where mask is True, as one label's part (DensePart), with its own
+        exhaustive index when `exhaustive`, the index is IVF and they are at most EXACT_SUBSET."""
         import faiss
 
         marks = mask[self.owners]
         part = DensePart(np.packbits(marks, bitorder="little"), int(marks.sum()))
-        if not self.ivf or part.count > EXACT_SUBSET:
+        if not exhaustive or not self.ivf or part.count > EXACT_SUBSET:
             return part
         ids = np.flatnonzero(marks).astype(np.int64)
-        flat = faiss.IndexScalarQuantizer(self.faiss.d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)  # type: ignore[attr-defined]
-        flat.add(self.vectors(ids))
+        vectors = self.vectors(ids)
+        flat = faiss.IndexScalarQuantizer(self.faiss.d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)  # type: ignore[attr-defined]
+        flat.train(vectors)
+        flat.add(vectors)
         return DensePart(part.bits, part.count, ids, flat)
 
     def search(
@@ -201,7 +220,8 @@ class DenseIndex:
         if mask is not None:
             if parts is not None:
                 chosen = sum(part.count for part in parts)
-                if self.ivf and chosen <= EXACT_SUBSET:
+                small = len(parts) <= MERGED_PARTS and all(part.flat is not None for part in parts)
+                if self.ivf and chosen <= EXACT_SUBSET and small:
                     return self._parts(vector, k, parts)
                 bits = np.bitwise_or.reduce([part.bits for part in parts])  # chosen > 0 windows: parts
             else:

@@ -418,7 +418,7 @@ def _label_parts(retriever: Retriever, labels: Labels) -> tuple[dict[str, Part],
     names = sorted(by_label)
     masks = [retriever.mask(by_label[name]) for name in names]
     dense = retriever.index.dense
-    windows = {name: dense.part(mask) for name, mask in zip(names, masks)} if dense is not None else {}
+    windows = dict(zip(names, dense.parts(masks))) if dense is not None else {}
     return dict(zip(names, retriever.index.lexical.parts(masks))), windows
 
 
