@@ -31,7 +31,6 @@ import re
 import secrets
 import tempfile
 import threading
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -39,7 +38,7 @@ from pathlib import Path
 
 from threatqa.config import Settings
 from threatqa.errors import ConfigError
-from threatqa.policy import ROLES, Access
+from threatqa.policy import ROLES, Access, read_toml
 
 TOKEN_COOKIE = "threatqa_token"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -66,17 +65,11 @@ def token_digest(token: str) -> str:
 def load_tokens(path: Path) -> Tokens:
     """The token file at `path`; ConfigError naming the file and the problem when it is missing or bad."""
     try:
-        raw = path.read_bytes()
+        data, _raw = read_toml(path, "token file")
     except FileNotFoundError:
         raise ConfigError(
             f"token file {path} does not exist (THREATQA_AUTH_TOKENS); `threatqa token add` creates it"
         ) from None
-    except OSError as exc:
-        raise ConfigError(f"token file {path} cannot be read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"token file {path} is not valid TOML: {exc}") from None
     return parse_tokens(data, path)
 
 

@@ -141,18 +141,27 @@ def load_policy(path: Path, default_label: str = "deny", required: bool = False)
     if default_label not in DEFAULTS:
         raise ConfigError(f"default label {default_label!r} is not one of {', '.join(DEFAULTS)}")
     try:
-        raw = path.read_bytes()
+        data, raw = read_toml(path, "policy file")
     except FileNotFoundError:
         if required:
             raise ConfigError(f"policy file {path} does not exist (THREATQA_POLICY)") from None
         return None
-    except OSError as exc:
-        raise ConfigError(f"policy file {path} cannot be read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
     return parse_policy(data, default_label, hashlib.sha256(raw).hexdigest(), path)
+
+
+def read_toml(path: Path, what: str) -> tuple[dict[str, object], bytes]:
+    """A TOML file's contents and its bytes. FileNotFoundError when it does not exist (the caller
+    decides what that means); ConfigError naming `what` and the file when it cannot be read or parsed."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise  # an OSError too, but the caller's to judge
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8")), raw
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
 def parse_policy(data: dict[str, object], default_label: str, digest: str, path: Path | None = None) -> Policy:
