@@ -36,6 +36,31 @@ def docs(tmp_path: Path) -> Path:
     return folder
 
 
+def write_docs(root: Path, files: dict[str, str], policy: str | None = None) -> Path:
+    """root/docs holding `files` (path: text), and the need-to-know policy beside it when given."""
+    from threatqa.policy import POLICY_FILE
+
+    docs = root / "docs"
+    for path, text in files.items():
+        (docs / path).parent.mkdir(parents=True, exist_ok=True)
+        (docs / path).write_text(text, encoding="utf-8")
+    if policy is not None:
+        (root / POLICY_FILE).write_text(policy, encoding="utf-8")
+    return docs
+
+
+def report_docs(root: Path) -> Path:
+    """root/docs holding the shipped corpus and one report in five formats (tests/formats.py)."""
+    from formats import REPORT_WRITERS
+
+    docs = root / "docs"
+    docs.mkdir()
+    shutil.copy(CORPUS / CORPUS_FILE, docs / CORPUS_FILE)
+    for write in REPORT_WRITERS.values():
+        write(docs)
+    return docs
+
+
 @pytest.fixture()
 def settings(tmp_path: Path, docs: Path) -> Settings:
     """Lexical-mode settings over the temp docs folder (no model configured)."""

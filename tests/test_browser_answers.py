@@ -8,7 +8,6 @@ tests/output/ (a reply, an abstention, a passage in context, the permalink page)
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,7 @@ from typing import Any
 import pytest
 
 from browser_support import AXE, DESKTOP, OUTPUT, PHONE, ask, launch, need_chromium, replies, serving, wait_for_replies
-from conftest import CORPUS, CORPUS_FILE
-from formats import REPORT_WRITERS
+from conftest import report_docs
 from threatqa.audit import AuditLog
 
 pytestmark = pytest.mark.browser
@@ -34,11 +32,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     """The server's URL and its audit log's path."""
     need_chromium()
     root = tmp_path_factory.mktemp("answers")
-    docs = root / "docs"
-    docs.mkdir()
-    shutil.copy(CORPUS / CORPUS_FILE, docs / CORPUS_FILE)
-    for write in REPORT_WRITERS.values():
-        write(docs)
+    docs = report_docs(root)
     # the portal names each user (auth=header): every test is its own user, with its own history
     with serving(root, docs, {"THREATQA_AUTH": "header", "THREATQA_AUTH_HEADER": "X-Forwarded-User"}) as url:
         yield url, root / "audit.sqlite3"

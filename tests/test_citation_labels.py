@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import write_docs
 from threatqa.answer import answer_from_json, format_markdown, format_text, plain_text
 from threatqa.api import create_app
 from threatqa.cli import main
@@ -33,12 +34,7 @@ RED_ANALYST = Access.of("red-analyst", ["red"])
 
 
 def _folder(root: Path, policy: str | None) -> Settings:
-    docs = root / "docs"
-    for path, text in FILES.items():
-        (docs / path).parent.mkdir(parents=True, exist_ok=True)
-        (docs / path).write_text(text, encoding="utf-8")
-    if policy is not None:
-        (root / POLICY_FILE).write_text(policy, encoding="utf-8")
+    docs = write_docs(root, FILES, policy)
     return Settings.load(docs=docs, index=root / "index", audit=root / "audit.sqlite3", model="", auth="header")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_docs
 from threatqa.config import Settings
 from threatqa.engine import Engine
 from threatqa.errors import ConfigError, QuestionError
@@ -50,12 +51,7 @@ def _documents() -> tuple[dict[str, str], list[tuple[str, list[str]]]]:
 
 
 def _engine(folder: Path, files: dict[str, str], policy: str | None, **settings: object) -> Engine:
-    docs = folder / "docs"
-    for path, text in files.items():
-        (docs / path).parent.mkdir(parents=True, exist_ok=True)
-        (docs / path).write_text(text, encoding="utf-8")
-    if policy is not None:
-        (folder / POLICY_FILE).write_text(policy, encoding="utf-8")
+    docs = write_docs(folder, files, policy)
     run = Settings.load(docs=docs, index=folder / "index", audit=folder / "audit.sqlite3", **({"model": ""} | settings))
     return Engine.start(run, build="missing", **QUIET)
 

@@ -11,7 +11,7 @@ import gradio as gr
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import CORPUS, CORPUS_FILE
+from conftest import CORPUS, CORPUS_FILE, report_docs
 from formats import REPORT_WRITERS
 from threatqa.answer import answer_from_json, format_markdown, lead, plain_text
 from threatqa.api import Gate, create_app
@@ -28,11 +28,7 @@ REPORT_FILES = {f"assessment.{suffix}" for suffix in REPORT_WRITERS}
 def report_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The shipped corpus plus one report in five formats (lexical mode), built once for the module."""
     root = tmp_path_factory.mktemp("report")
-    docs = root / "docs"
-    docs.mkdir()
-    shutil.copy(CORPUS / CORPUS_FILE, docs / CORPUS_FILE)
-    for write in REPORT_WRITERS.values():
-        write(docs)
+    docs = report_docs(root)
     return Settings.load(docs=docs, index=root / "index", audit=root / "audit.sqlite3", model="")
 
 
