@@ -276,10 +276,12 @@ def _embed(
 
     bar = tqdm(total=len(texts), desc=f"Embedding {unit}", unit=unit[:-1]) if sys.stderr.isatty() else None
     began = last = time.perf_counter()
+    # longest first over all the texts, not within each slice: a batch then holds texts of one length
+    # and pads little, as one call over everything would (the embedders sort only within a call)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
     for start in range(0, len(texts), EMBED_SLICE):
-        out[start : start + EMBED_SLICE] = embedder.encode_documents(
-            texts[start : start + EMBED_SLICE], batch_size=batch_size
-        )
+        rows = order[start : start + EMBED_SLICE]
+        out[rows] = embedder.encode_documents([texts[i] for i in rows], batch_size=batch_size)
         done, now = min(start + EMBED_SLICE, len(texts)), time.perf_counter()
         if bar is not None:
             bar.update(done - bar.n)
