@@ -12,6 +12,7 @@ with its handling label, at 1440x900 and 390x844, go to tests/output/policy-repl
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -113,6 +114,14 @@ class Seen:
         page.on("requestfinished", lambda request: self.finished.append(request))
         return page
 
+    def settle(self, page: Any, part: str = "/gradio_api/queue/data", seconds: float = 15.0) -> str:
+        """Waits until a response whose URL has `part` has arrived in full (the chat's event stream
+        closes once its replies are sent), then keeps the page (`keep`) while its bodies last."""
+        deadline = time.monotonic() + seconds
+        while not any(part in request.url for request in self.finished) and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        return self.keep(page)
+
     def keep(self, page: Any) -> str:
         """The page's HTML now, kept with the bodies of the responses received so far (read before the
         page closes, after which its bodies are gone)."""
@@ -174,6 +183,7 @@ def test_each_analyst_sees_nothing_of_the_others_document(
     own = wait_for_replies(page, 1)
     expect(own).to_contain_text(f"handling: {team}")
     assert SECRETS[team][3] in own.inner_text()  # their own document does answer
+    seen.settle(page)  # the reply's event stream, read before the page moves on
     if team == "red":
         _shot(page, "policy-reply")
 
@@ -184,6 +194,7 @@ def test_each_analyst_sees_nothing_of_the_others_document(
     assert text.startswith("No passage in the documents answers this closely enough.")  # as if it did not exist
     searched = text.split("Documents searched:")[1].splitlines()[0]
     assert {name.strip() for name in searched.split(",")} == {OWN_PATH[team], "public/ports-note.txt"}
+    seen.settle(page)
     answer_ids = [_answer_id(own), _answer_id(theirs)]
 
     # view in context of each reply, in the side panel and on the context page; the permalink and exports

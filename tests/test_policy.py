@@ -245,22 +245,27 @@ def test_a_row_mask_alone_would_leak_through_scores(split) -> None:
     assert same == 100 and differ >= 50
 
 
-def _close(got: dict[str, object], want: dict[str, object]) -> bool:
-    """Equal, floats to 1e-5: two builds embed their windows in different batches (sentence-transformers
-    pads each batch to its longest text), which moves cosines in their last bits."""
+CODES_TOLERANCE = 1e-3
+
+
+def _close(got: dict[str, object], want: dict[str, object], tolerance: float = CODES_TOLERANCE) -> bool:
+    """Equal, floats within `tolerance`. Two builds embed their windows in different batches, which moves
+    vectors in their last bits, and the index keeps 8-bit codes of them on one lattice whatever the
+    documents (dense.lattice_ranges): a component that sits on a step's edge can land in the next step,
+    which moves a cosine by up to about 5e-4."""
     if got.keys() != want.keys():
         return False
     for key, value in got.items():
         other = want[key]
         if isinstance(value, float) and isinstance(other, float):
-            if abs(value - other) > 1e-5:
+            if abs(value - other) > tolerance:
                 return False
         elif isinstance(value, dict) and isinstance(other, dict):
-            if not _close(value, other):
+            if not _close(value, other, tolerance):
                 return False
         elif isinstance(value, list) and isinstance(other, list):
             if len(value) != len(other) or not all(
-                _close(a, b) if isinstance(a, dict) else a == b for a, b in zip(value, other)
+                _close(a, b, tolerance) if isinstance(a, dict) else a == b for a, b in zip(value, other)
             ):
                 return False
         elif value != other:

@@ -440,8 +440,12 @@ def lattice_ranges(vectors: np.ndarray, steps: int) -> np.ndarray:
     where ranges fitted to the data would move them a little at every build (5x the error after 5 builds
     of 30k vectors). Costs up to one bit of precision against the data's own range."""
     low, high = vectors.min(axis=0).astype(np.float64), vectors.max(axis=0).astype(np.float64)
-    # steps - 1: the lowest value rounds down by up to a step, and the highest must still fit
+    # steps - 1: the lowest value rounds down by up to a step, and the highest must still fit. The step is
+    # at least 1 / (steps + 1) (a width of about 1: unit vectors' components span less), so indexes of any
+    # documents share one lattice and code a vector alike: an index of a user's readable documents alone
+    # scores as the whole index does for them (need-to-know, tests/test_policy.py)
     step = 2.0 ** np.ceil(np.log2(np.maximum(high - low, 2.0**-20) / (steps - 1)))
+    step = np.maximum(step, 2.0 ** np.floor(np.log2(1.0 / (steps + 1))))
     low = np.floor(low / step) * step
     return np.stack([low, step * steps]).astype(np.float32)
 
