@@ -391,15 +391,16 @@ def test_label_counts_add_up_to_the_union(split, monkeypatch: pytest.MonkeyPatch
 def test_a_new_readable_set_counts_nothing_on_its_question(split, monkeypatch: pytest.MonkeyPatch) -> None:
     """Labels are counted when the engine labels the index; a readable set's first question only sums
     them, so it does not stand out in time from a set asked before (lexical_subset.py)."""
+    import threatqa.lexical_chars as chars_module
     import threatqa.lexical_subset as subset_module
 
     folder, files, questions = split
     engine = _engine(folder / "channel", files, POLICY)
     engine.labels()
     counted = []
-    real = subset_module._char_df
+    real = chars_module._char_df
     monkeypatch.setattr(subset_module, "_word_df_parts", lambda *a: counted.append("words") or None)
-    monkeypatch.setattr(subset_module, "_char_df", lambda *a: counted.append("chars") or real(*a))
+    monkeypatch.setattr(chars_module, "_char_df", lambda *a: counted.append("chars") or real(*a))
     for groups in (["alpha"], ["alpha", "bravo"], ["bravo", "charlie"], ["nobody"]):
         assert engine.ask(questions[0][0], access=Access.of("ann", groups)).passages is not None
     assert counted == []

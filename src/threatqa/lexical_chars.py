@@ -38,7 +38,7 @@ from sklearn.utils import murmurhash3_32
 
 from threatqa.dense import load_array
 from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _sum_by_passage
-from threatqa.lexical_subset import CharStatistics, _char_df
+from threatqa.lexical_subset import CharStatistics
 
 CHAR_NGRAMS = (3, 5)  # n-gram sizes, inclusive
 HASH_BITS = 20  # n-gram hashes are below 2**20
@@ -121,6 +121,44 @@ def _slot_table(hashes):
     return keys, slots
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _varint(data, at):
+    """The LEB128 varint at data[at] (a word id of char-tokens.bin) and the position after it."""
+    word, shift = np.int64(0), 0
+    while True:
+        byte = data[at]
+        at += 1
+        word |= (np.int64(byte) & 0x7F) << shift
+        if byte < 0x80:
+            return word, at
+        shift += 7
+
+
+@njit(nogil=True, cache=True)
+def _char_df(tokens, indptr, firsts, lasts, rows, word_indptr, word_positions, size):
+    """For the passages `rows` (sentences firsts[row] .. lasts[row] - 1, word ids as LEB128 varints in
+    tokens at indptr): each n-gram position's sentences and passages, and the total length in n-grams."""
+    df = np.zeros((size, 2), np.int32)
+    last_sentence, last_passage = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+    total = 0
+    for row in rows:
+        for s in range(firsts[row], lasts[row]):
+            at, end = indptr[s], indptr[s + 1]
+            while at < end:
+                word, at = _varint(tokens, at)
+                start, stop = np.int64(word_indptr[word]), np.int64(word_indptr[word + 1])
+                total += stop - start
+                for j in range(start, stop):
+                    position = word_positions[j]
+                    if last_sentence[position] != s:
+                        last_sentence[position] = s
+                        df[position, 0] += 1
+                    if last_passage[position] != row:
+                        last_passage[position] = row
+                        df[position, 1] += 1
+    return df, total
+
+
 @njit(nogil=True, cache=True)
 def _char_kernel(fd, indptr, firsts, lasts, word_indptr, word_ngrams, hashes, in_sentence, in_passage,
                  means, address, buffer):  # fmt: skip
@@ -152,14 +190,7 @@ def _char_kernel(fd, indptr, firsts, lasts, word_indptr, word_ngrams, hashes, in
         for s in range(firsts[p], lasts[p]):
             at, end, length, found = indptr[s] - first, indptr[s + 1] - first, 0.0, 0
             while at < end:
-                word, shift = 0, 0
-                while True:  # one LEB128 varint
-                    byte = buffer[at]
-                    at += 1
-                    word |= (np.int64(byte) & 0x7F) << shift
-                    if byte < 0x80:
-                        break
-                    shift += 7
+                word, at = _varint(buffer, at)
                 if word >= words:
                     return passages, best, -3
                 start, stop = np.int64(word_indptr[word]), np.int64(word_indptr[word + 1])

@@ -12,7 +12,7 @@ passages only, computed here from the mask:
   postings, `_word_df_parts`), its mean passage and sentence lengths (NumPy means over the
   readable lengths, in row order, exactly as a build of those passages computes them);
 - the character view's n-gram document frequencies and mean lengths in n-grams (one pass over
-  the readable passages' word ids, `_char_df`).
+  the readable passages' word ids, `lexical_chars._char_df`).
 
 Integer counts make the IDFs bit-for-bit those of the smaller index, and the means are computed
 the same way over the same values, so scores, order and abstention are identical to a search in
@@ -138,38 +138,6 @@ def _word_df_parts(indptr, owners, part_of, parts):
             n += 1
             passages[p], sentences[p], last[p] = 0, 0, -1
     return out[:n]
-
-
-@njit(nogil=True, cache=True)
-def _char_df(tokens, indptr, firsts, lasts, rows, word_indptr, word_positions, size):
-    """For the passages `rows` (sentences firsts[row] .. lasts[row] - 1, word ids as LEB128 varints in
-    tokens at indptr): each n-gram position's sentences and passages, and the total length in n-grams."""
-    df = np.zeros((size, 2), np.int32)
-    last_sentence, last_passage = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
-    total = 0
-    for row in rows:
-        for s in range(firsts[row], lasts[row]):
-            at, end = indptr[s], indptr[s + 1]
-            while at < end:
-                word, shift = 0, 0
-                while True:
-                    byte = tokens[at]
-                    at += 1
-                    word |= (np.int64(byte) & 0x7F) << shift
-                    if byte < 0x80:
-                        break
-                    shift += 7
-                start, stop = np.int64(word_indptr[word]), np.int64(word_indptr[word + 1])
-                total += stop - start
-                for j in range(start, stop):
-                    position = word_positions[j]
-                    if last_sentence[position] != s:
-                        last_sentence[position] = s
-                        df[position, 0] += 1
-                    if last_passage[position] != row:
-                        last_passage[position] = row
-                        df[position, 1] += 1
-    return df, total
 
 
 def parts(
