@@ -212,8 +212,7 @@ class Engine:
             ids = frozenset(state.labels.readable(access) or ())
             # everything readable: the index's own statistics are the subset's, nothing to work out
             everything = len(ids) == len(live.documents)
-            names = [name for name in key[1:] if name in state.parts]
-            found = ids, None if everything else _subset(live.retriever, state, names)
+            found = ids, None if everything else _subset(live.retriever, state, list(key[1:]))
             with self._policy_lock:
                 while len(state.subsets) >= SUBSETS_KEPT:
                     state.subsets.pop(next(iter(state.subsets)))

@@ -182,7 +182,7 @@ class Retriever:
         text, notices = clean_question(question, self.max_question_chars)
         if not text:
             return Retrieval(text, (), False, self.mode, (*notices, "the question is empty"))
-        mask, parts = self._mask(documents), None
+        mask, parts = (self.mask(documents) if documents else None), None
         if subset is not None:
             if not subset.count:
                 return Retrieval(text, (), False, self.mode, (*notices, "there are no documents you may read"))
@@ -230,13 +230,6 @@ class Retriever:
         if words is not None:
             hits = self._matched(words, hits)
         return Retrieval(text, tuple(hits), self._answered(hits), self.mode, tuple(notices))
-
-    def _mask(self, documents: list[str] | None) -> np.ndarray | None:
-        if not documents:
-            return None
-        mask = np.zeros(len(self.index), dtype=bool)
-        mask[self.index.rows_for_documents(documents)] = True
-        return mask
 
     def _lexical(
         self,
