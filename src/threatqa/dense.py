@@ -182,26 +182,26 @@ class DenseIndex:
         return self.faiss.reconstruct_batch(np.asarray(window_ids, dtype=np.int64))  # type: ignore[attr-defined]
 
     def parts(self, masks: list[np.ndarray]) -> list[DensePart]:
-        """The windows of each of these sets of passages (labels), as parts (DensePart): the smallest get
-        their own exhaustive index while PART_INDEX_BUDGET windows last, which bounds the memory."""
-        parts = [self.part(mask, exhaustive=False) for mask in masks]
+        """The windows of each of these sets of passages (labels), as parts (DensePart): in an IVF index, the
+        smallest get their own exhaustive index while PART_INDEX_BUDGET windows last, which bounds the memory."""
+        parts = [self.part(mask) for mask in masks]
         budget = PART_INDEX_BUDGET
         for i in sorted(range(len(parts)), key=lambda i: parts[i].count):
             if self.ivf and parts[i].count <= min(EXACT_SUBSET, budget):
-                parts[i] = self.part(masks[i])
+                parts[i] = self._indexed(parts[i])
                 budget -= parts[i].count
         return parts
 
-    def part(self, mask: np.ndarray, exhaustive: bool = True) -> DensePart:
-        """The windows of the passages where mask is True, as one label's part (DensePart), with its own
-        exhaustive index when `exhaustive`, the index is IVF and they are at most EXACT_SUBSET."""
+    def part(self, mask: np.ndarray) -> DensePart:
+        """The windows of the passages where mask is True, as one label's part (its bitmap)."""
+        marks = mask[self.owners]
+        return DensePart(np.packbits(marks, bitorder="little"), int(marks.sum()))
+
+    def _indexed(self, part: DensePart) -> DensePart:
+        """The part with an exhaustive index of its windows' decoded vectors."""
         import faiss
 
-        marks = mask[self.owners]
-        part = DensePart(np.packbits(marks, bitorder="little"), int(marks.sum()))
-        if not exhaustive or not self.ivf or part.count > EXACT_SUBSET:
-            return part
-        ids = np.flatnonzero(marks).astype(np.int64)
+        ids = np.flatnonzero(np.unpackbits(part.bits, count=len(self), bitorder="little")).astype(np.int64)
         vectors = self.vectors(ids)
         flat = faiss.IndexScalarQuantizer(self.faiss.d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)  # type: ignore[attr-defined]
         flat.train(vectors)
