@@ -6,7 +6,10 @@ passages, k=5 and k=100), in the same run:
 - before: a new connection per record, rollback journal, synchronous=FULL, every passage's text
   (twice) in every record (threatqa's audit.py at 833f93d, its append path kept below);
 - now: `AuditLog`, one kept connection in WAL mode, synchronous=FULL, lean records (each distinct
-  text stored once, by sha256) with an HMAC per record.
+  text stored once, named by number in the record) with an HMAC per record.
+
+"bytes per answer" is what the log's files grew by, divided by the answers; "of which new texts" the
+part of it in the pages of the texts table and its index.
 
     python benchmarks/audit.py [--answers 400] [--passages 2000] [--threads 4]
 """
@@ -76,11 +79,13 @@ def answers(folder: Path, n_passages: int, n_answers: int, k: int) -> list[Recor
 
 
 def file_bytes(path: Path) -> tuple[int, int]:
-    """The log's bytes on disk (file and WAL), and how many of them hold the texts table (0 if unknown)."""
+    """The log's bytes on disk (file and WAL), and how many of them hold the texts table and its indexes
+    (0 if unknown)."""
     total = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if not p.name.endswith(".key"))
     conn = sqlite3.connect(path)
     try:
-        texts = conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name = 'texts'").fetchone()[0] or 0
+        parts = "SELECT name FROM sqlite_schema WHERE tbl_name = 'texts'"  # the table and its index
+        texts = conn.execute(f"SELECT sum(pgsize) FROM dbstat WHERE name IN ({parts})").fetchone()[0] or 0
     except sqlite3.Error:  # SQLite built without the dbstat table
         texts = 0
     conn.close()

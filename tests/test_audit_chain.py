@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import json
 import os
+import random
+import re
 import sqlite3
 import subprocess
 import threading
@@ -17,9 +19,10 @@ import pytest
 
 from conftest import SWAP_RECORDS_2_AND_3, immutable, tamper_audit
 from threatqa.audit import AuditLog, Checkpoint
-from threatqa.audit_chain import keyed_record_hash
+from threatqa.audit_chain import keyed_record_hash, stored_body
 from threatqa.audit_key import read_key, record_mac
-from threatqa.audit_lean import decode, encode, pack, unpack
+from threatqa.audit_lean import compact, decode, encode, expand, sha256_text
+from threatqa.audit_store import BODY_CODEC, Texts, key_of, pack, to_blob, to_hex, unpack
 from threatqa.cli import main
 from threatqa.config import Settings
 from threatqa.engine import Engine
@@ -33,12 +36,12 @@ def _rehash(path: Path, first: int, key: bytes | None = None) -> None:
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
     rows = conn.execute("SELECT * FROM records ORDER BY seq").fetchall()
-    prev = rows[first - 2]["hash"] if first > 1 else "0" * 64
+    prev = to_hex(rows[first - 2]["hash"]) if first > 1 else "0" * 64
     for row in rows[first - 1 :]:
         fields = [row[k] for k in ("seq", "id", "time", "kind", "user", "channel", "question")]
-        digest = keyed_record_hash(*fields, bool(row["lean"]), unpack(row["payload"]), prev)
-        mac = record_mac(key, digest) if key else row["mac"]
-        values = (prev, digest, mac, row["seq"])
+        digest = keyed_record_hash(*fields, bool(row["lean"]), stored_body(row, Texts(conn)), prev)
+        mac = to_blob(record_mac(key, digest)) if key else row["mac"]
+        values = (to_blob(prev), to_blob(digest), mac, row["seq"])
         conn.execute("UPDATE records SET prev_hash = ?, hash = ?, mac = ? WHERE seq = ?", values)
         prev = digest
     conn.commit()
@@ -81,32 +84,92 @@ def test_a_rewrite_by_the_key_holder_is_caught_by_a_checkpoint(log: AuditLog) ->
     assert log.verify_chain([Checkpoint(0, "0" * 64)]).ok
 
 
-def _edit_texts(path: Path, old: str, new: str) -> str:
-    """Replace words inside the stored passage texts (compressed or not); the first text changed."""
+def _edit_texts(path: Path, old: str, new: str, rekey: bool = False) -> int:
+    """Replace words inside the stored texts (compressed or not), with their keys when `rekey`; the
+    number of the first text changed."""
     conn = sqlite3.connect(path)
     changed = []
-    for name, value in conn.execute("SELECT sha256, text FROM texts").fetchall():
+    for number, key, value in conn.execute("SELECT id, key, text FROM texts ORDER BY id").fetchall():
         if old in unpack(value):
-            changed.append((pack(unpack(value).replace(old, new)), name))
+            text = unpack(value).replace(old, new)
+            changed.append((pack(text), key_of(sha256_text(text)) if rekey else key, number))
     conn.close()
     tamper_audit(path)  # drop the triggers
     conn = sqlite3.connect(path)
-    conn.executemany("UPDATE texts SET text = ? WHERE sha256 = ?", changed)
+    conn.executemany("UPDATE texts SET text = ?, key = ? WHERE id = ?", changed)
     conn.commit()
     conn.close()
-    return changed[0][1]
+    return changed[0][2]
 
 
 def test_an_altered_or_missing_passage_text_is_caught(engine: Engine) -> None:
     engine.ask(QUESTION, k=3)
     log = engine.audit
-    name = _edit_texts(log.path, "billion", "million")
+    number = _edit_texts(log.path, "billion", "million")
     report = log.verify_chain()
-    assert not report.ok and report.broken_seq == 1 and name in report.reason
-    tamper_audit(log.path, f"DELETE FROM texts WHERE sha256 = '{name}'")
-    assert name in log.verify_chain().reason
+    assert not report.ok and report.broken_seq == 1 and f"altered (text {number}," in report.reason
+    tamper_audit(log.path, f"DELETE FROM texts WHERE id = {number}")
+    assert f"missing (text {number})" in log.verify_chain().reason
     tamper_audit(log.path, "UPDATE texts SET text = x'00ff00ff'")
     assert "altered" in log.verify_chain().reason
+
+
+def test_an_altered_document_version_is_caught(engine: Engine) -> None:
+    """A document's fields (title, date, path, sha256) are stored once and named by every citation of
+    it: editing them, even with the row's key made to fit, breaks every record that names them."""
+    engine.ask(QUESTION, k=3)
+    engine.ask("cocaine tonnes", k=3)
+    log = engine.audit
+    title = log.records()[0].payload["passages"][0]["title"]
+    number = _edit_texts(log.path, f'"title":"{title}"', '"title":"Another report"')
+    report = log.verify_chain()
+    assert not report.ok and report.broken_seq == 1 and f"altered (text {number}," in report.reason
+    with pytest.raises(AuditError, match="names a text the log does not hold"):
+        log.records()
+    _edit_texts(log.path, '"title":"Another report"', '"title":"Yet another report"', rekey=True)
+    report = log.verify_chain()
+    assert not report.ok and report.broken_seq == 1 and "does not match its hash" in report.reason
+    assert log.records()[0].payload["passages"][0]["title"] == "Yet another report", "read, but not verified"
+
+
+def test_texts_swapped_between_rows_are_caught(engine: Engine) -> None:
+    """Each row still holds a text that fits its key, but the records now name other texts."""
+    engine.ask(QUESTION, k=3)
+    log = engine.audit
+    tamper_audit(log.path, "CREATE TEMP TABLE t AS SELECT id, key, text FROM texts",
+                 "UPDATE texts SET key = (SELECT key FROM t WHERE t.id = 5 - texts.id), "
+                 "text = (SELECT text FROM t WHERE t.id = 5 - texts.id) WHERE id IN (3, 2)")  # fmt: skip
+    report = log.verify_chain()
+    assert not report.ok and report.broken_seq == 1 and "does not match its hash" in report.reason
+
+
+def test_a_record_made_to_name_another_text_is_caught(engine: Engine) -> None:
+    engine.ask(QUESTION, k=3)
+    log = engine.audit
+    conn = sqlite3.connect(log.path)
+    body = unpack(conn.execute("SELECT payload FROM records WHERE seq = 1").fetchone()[0])
+    conn.close()
+    first, second = re.findall(r"#[0-9]+", body)[-2:]  # two texts it names, swapped
+    edited = re.sub(r"#[0-9]+", lambda m: {first: second, second: first}.get(m[0], m[0]), body)
+    assert first != second and edited != body
+    tamper_audit(log.path)
+    conn = sqlite3.connect(log.path)
+    conn.execute("UPDATE records SET payload = ? WHERE seq = 1", (pack(edited, BODY_CODEC),))
+    conn.commit()
+    conn.close()
+    report = log.verify_chain()
+    assert not report.ok and report.broken_seq == 1 and "does not match its hash" in report.reason
+
+
+def test_digests_are_stored_as_bytes_and_read_as_hex(log: AuditLog) -> None:
+    conn = sqlite3.connect(log.path)
+    stored = conn.execute("SELECT prev_hash, hash, mac FROM records WHERE seq = 2").fetchone()
+    assert [type(v) for v in stored] == [bytes] * 3 and all(len(v) == 32 for v in stored)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+    record = log.records()[1]
+    assert [record.prev_hash, record.hash, record.mac] == [v.hex() for v in stored]
+    assert record.prev_hash == log.records()[0].hash
 
 
 def test_key_file_is_private_and_required(log: AuditLog, tmp_path: Path) -> None:
@@ -323,6 +386,53 @@ ODD_PAYLOADS = {
         _passage(3, "six", also_in=[_copy(_passage(3, "six"), "b.txt", passage_sha256="f" * 64)]),
         _passage(4, "ten", also_in="none")]},
 }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(ODD_PAYLOADS))
+def test_the_log_never_changes_a_payload(name: str, tmp_path: Path) -> None:
+    """Written to a log (compact, texts by number) and read back: the payload as it went in."""
+    log = AuditLog(tmp_path / "audit.sqlite3")
+    payload = ODD_PAYLOADS[name]
+    log.append("answer", "q", payload, record_id="rid")
+    log.append("answer", "q", payload, record_id="rid2")  # its texts are in the log already
+    expected = json.loads(json.dumps(payload))
+    assert [r.payload for r in log.records()] == [expected, expected] and log.get("rid2").payload == expected
+    assert log.verify_chain().ok
+
+
+def test_compact_gives_back_every_body_exactly() -> None:
+    """Names next to digits, `#`s, escaped quotes, names not stored: `expand` gives back the body, or
+    `compact` says it would not."""
+    rng = random.Random(7)
+    names = [hashlib.sha256(bytes([n])).hexdigest() for n in range(6)]
+    numbers = {name: n for n, name in enumerate(names[:4], start=1)}
+    pieces = [*(f'"{name}"' for name in names), "#", "1", "23", '\\"', '"', ",", "x", " ", "#9", "9"]
+    given_back = 0
+    for _ in range(3000):
+        body = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        packed = compact(body, numbers)
+        if packed is not None:
+            assert expand(packed, {n: name for name, n in numbers.items()}.__getitem__) == body, body
+            given_back += 1
+    assert given_back > 500
+
+
+def test_a_body_that_compact_would_not_give_back_keeps_its_names(tmp_path: Path) -> None:
+    """A body holding `#` and digits would not come back from its compact form: it is stored with its
+    texts named by SHA-256, read back as it was, and its texts are checked by name."""
+    payload = ODD_PAYLOADS["answer"] | {"notices": ["see #3"]}
+    lean = encode(payload, "q", "rid")
+    assert lean is not None and compact(lean.body, {name: n for n, name in enumerate(lean.texts, 1)}) is None
+    log = AuditLog(tmp_path / "audit.sqlite3")
+    log.append("answer", "q", payload, record_id="rid")
+    log.append("answer", "q", ODD_PAYLOADS["answer"], record_id="rid2")
+    conn = sqlite3.connect(log.path)
+    assert [lean for (lean,) in conn.execute("SELECT lean FROM records ORDER BY seq")] == [1, 2]
+    conn.close()
+    assert [r.payload for r in log.records()] == [payload, ODD_PAYLOADS["answer"]] and log.verify_chain().ok
+    _edit_texts(log.path, "two  words", "two words")
+    report = log.verify_chain()
+    assert not report.ok and report.broken_seq == 1 and "missing or altered (sha256" in report.reason
 
 
 @pytest.mark.parametrize("name", sorted(ODD_PAYLOADS))

@@ -6,11 +6,13 @@ hash under a key kept apart from the log, `audit_key`) shows that whoever wrote 
 so a record edited and re-hashed is caught too; a checkpoint kept elsewhere (`SEQ:HASH`) catches
 a log cut short. Triggers refuse UPDATE and DELETE through SQLite itself.
 
-Records are lean (`audit_lean`): each distinct passage text is stored once, by its SHA-256, and
-the records name it. One connection per `AuditLog`, kept open in WAL mode with synchronous=FULL
-(a record is on disk when `append` returns), shared by the threads of a server. A record that
-cannot be written raises `AuditError`: the caller must fail the request rather than answer
-without a record. Logs written before keyed, lean records are migrated on the first append.
+Records are lean (`audit_lean`): each distinct passage text (and document version, settings,
+list of documents searched) is stored once and the records name it by its SHA-256, which the
+record's hash covers; the log stores those names as row numbers and digests as bytes
+(`audit_store`). One connection per `AuditLog`, kept open in WAL mode with synchronous=FULL (a
+record is on disk when `append` returns), shared by the threads of a server. A record that cannot
+be written raises `AuditError`: the caller must fail the request rather than answer without a
+record. Logs of an earlier layout are migrated on the first append (`audit_migrate`).
 """
 
 from __future__ import annotations
@@ -40,21 +42,26 @@ from threatqa.audit_chain import (
     verify,
 )
 from threatqa.audit_key import GENESIS, Checkpoint, create_key, default_key_path, key_id, read_key, record_mac
+from threatqa.audit_store import (
+    BODY_CODEC,
+    LAYOUT,
+    NAMED,
+    NUMBERED,
+    TABLES,
+    WHOLE,
+    Texts,
+    layout,
+    pack,
+    to_blob,
+    to_hex,
+)
 from threatqa.errors import AuditError
 
 __all__ = ["GENESIS", "AuditLog", "AuditRecord", "ChainReport", "Checkpoint", "record_hash"]
 
 MIN_FREE_BYTES = 1 << 20  # below this, check() reports the disk as full
-STORED_NAMES = 200_000  # names of texts known to be in the log, kept to skip compressing them again
-_STATEMENTS = [
-    """CREATE TABLE IF NOT EXISTS records (
-        seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL,
-        user TEXT, channel TEXT NOT NULL, question TEXT NOT NULL, payload TEXT NOT NULL,
-        prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
-        format INTEGER NOT NULL DEFAULT 1, lean INTEGER NOT NULL DEFAULT 0, mac TEXT)""",
-    "CREATE TABLE IF NOT EXISTS texts (sha256 TEXT PRIMARY KEY, text TEXT NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-] + [
+STORED_NAMES = 200_000  # numbers of texts known to be in the log, kept to skip compressing and finding them again
+_STATEMENTS = TABLES + [
     f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action.upper()} ON {table}
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"""
     for table in ("records", "texts", "meta")
@@ -91,7 +98,7 @@ class AuditLog:
         self._identity: tuple[int, int, int] | None = None  # (pid, device, inode) the connection was opened on
         self._key: bytes | None = None
         self._failure: str | None = None  # why the last append failed, until one succeeds
-        self._stored: set[str] = set()  # texts committed to this file (never deleted): not packed again
+        self._stored: dict[str, int] = {}  # texts committed to this file (never deleted), by name: their numbers
 
     # writing ------------------------------------------------------------------------------------
 
@@ -101,23 +108,25 @@ class AuditLog:
         rid = record_id or uuid.uuid4().hex
         lean = audit_lean.encode(payload, question, rid)
         body = lean.body if lean else json.dumps(payload, ensure_ascii=False, sort_keys=True)
-        stored = audit_lean.pack(body) if lean else body  # hashed as text, stored compressed
         with self._lock:
             conn = self._writer()
-            new = {name: text for name, text in (lean.texts.items() if lean else ()) if name not in self._stored}
-            texts = [(name, audit_lean.pack(text)) for name, text in new.items()]
+            texts = lean.texts if lean else {}
+            new = {name: (text, pack(text)) for name, text in texts.items() if name not in self._stored}
             try:
                 conn.execute("BEGIN IMMEDIATE")  # serialises writers (other processes too): the chain has no forks
                 last = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-                seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+                seq, prev = (last[0] + 1, to_hex(last[1]) or "") if last else (1, GENESIS)
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9 // 10**6:03d}Z"
                 digest = keyed_record_hash(seq, rid, stamp, kind, user, channel, question, bool(lean), body, prev)
                 mac = record_mac(self._key or b"", digest)
-                conn.executemany("INSERT OR IGNORE INTO texts VALUES (?, ?)", texts)
+                numbers = {name: self._stored[name] for name in texts if name not in new}
+                numbers |= Texts(conn, numbered=True).add(new) if new else {}
+                stored, form = _stored_body(body, lean is not None, numbers)
                 conn.execute(
                     "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, rid, stamp, kind, user, channel, question, stored, prev, digest, KEYED, int(bool(lean)), mac),
-                )
+                    (seq, rid, stamp, kind, user, channel, question, stored, to_blob(prev), to_blob(digest), KEYED,
+                     form, to_blob(mac)),
+                )  # fmt: skip
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._abandon(conn)
@@ -127,7 +136,7 @@ class AuditLog:
             self._failure = None
             if len(self._stored) > STORED_NAMES:
                 self._stored.clear()
-            self._stored.update(new)
+            self._stored.update(numbers)
         return AuditRecord(seq, rid, stamp, kind, user, channel, question, payload, prev, digest, mac)
 
     def _writer(self) -> sqlite3.Connection:
@@ -167,12 +176,16 @@ class AuditLog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             found = columns(conn)
-            if found and "mac" not in found:
-                from threatqa.audit_migrate import migrate  # only logs written before MACs need it
+            if found and layout(conn) < LAYOUT:
+                from threatqa.audit_migrate import migrate  # only logs written before this layout need it
 
-                migrate(conn, read_key(self.key_path) or create_key(self.key_path), self.path)
+                # a keyed log must have its own key (checked first); one written before MACs gets one now
+                key = self._key_for(conn) if "mac" in found else read_key(self.key_path) or create_key(self.key_path)
+                migrate(conn, key, self.path)
             for statement in _STATEMENTS:
                 conn.execute(statement)
+            if layout(conn) != LAYOUT:  # a new log
+                conn.execute(f"PRAGMA user_version = {LAYOUT}")
             key = self._key_for(conn)
             conn.execute("COMMIT")
         except BaseException:
@@ -215,7 +228,7 @@ class AuditLog:
     def close(self) -> None:
         """Close the kept connection (the next append opens it again)."""
         conn, self._conn, self._identity = self._conn, None, None
-        self._stored = set()
+        self._stored = {}
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -294,7 +307,7 @@ class AuditLog:
             found = row.fetchone()
             if found is None:
                 raise AuditError(f"no audit record {record_id!r} in {self.path}")
-            return _record(found, conn)
+            return _record(found, Texts(conn))
 
     def records(self, first: int | None = None, last: int | None = None, user: str | None = None) -> list[AuditRecord]:
         """Records with first <= seq <= last (either bound may be omitted), in order; with `user`, only
@@ -306,7 +319,8 @@ class AuditLog:
                 f"SELECT * FROM records WHERE seq >= ? AND seq <= ?{mine} ORDER BY seq",
                 bounds + ((user,) if user is not None else ()),
             ).fetchall()
-            return [_record(row, conn) for row in rows]
+            texts = Texts(conn)
+            return [_record(row, texts) for row in rows]
 
     def verify_chain(self, checkpoints: Sequence[Checkpoint] = (), use_key: bool = True) -> ChainReport:
         """Recompute every hash (and MAC) in order; report the first record that does not fit, or a
@@ -319,7 +333,17 @@ def _lenient_text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _record(row: sqlite3.Row, conn: sqlite3.Connection) -> AuditRecord:
+def _record(row: sqlite3.Row, texts: Texts) -> AuditRecord:
     values = {name: field_of(row, name) for name in AuditRecord.__dataclass_fields__}
-    values["payload"] = payload_of(row, conn)
+    values |= {name: to_hex(values[name]) for name in ("prev_hash", "hash", "mac")}
+    values["payload"] = payload_of(row, texts)
     return AuditRecord(**values)
+
+
+def _stored_body(body: str, lean: bool, numbers: dict[str, int]) -> tuple[str | bytes, int]:
+    """How a record's payload is stored, and its form (records.lean): a lean body compact and packed
+    (or with its names, when the compact form would not give it back), else the JSON as it is."""
+    if not lean:
+        return body, WHOLE
+    packed = audit_lean.compact(body, numbers)
+    return (pack(packed, BODY_CODEC), NUMBERED) if packed is not None else (pack(body, BODY_CODEC), NAMED)

@@ -9,16 +9,18 @@ found under its own `passage_sha256`. The record's hash covers those names, so t
 covers the texts they name (`audit verify` checks each text against its name).
 
 `encode` returns None for a payload that would not come back identical, and such a record is
-stored whole: the encoding never changes what a record says. Stored bodies and texts are
-compressed (`pack`) where that saves bytes; hashes are always over the uncompressed text.
+stored whole: the encoding never changes what a record says. The log stores a body `compact`,
+each name replaced by `#` and the number of its text's row (`audit_store`), and `expand` puts the
+names back (`compact` makes sure it gives the very same text); hashes are always over the body with
+its names, uncompressed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import zlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,17 +41,6 @@ class Lean:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def pack(text: str) -> str | bytes:
-    """What the log stores for `text`: zlib-compressed bytes when shorter, else the text itself."""
-    raw = text.encode("utf-8")
-    packed = zlib.compress(raw, 6)
-    return packed if len(packed) < len(raw) else text
-
-
-def unpack(value: str | bytes) -> str:
-    return zlib.decompress(value).decode("utf-8") if isinstance(value, bytes) else value
 
 
 def dumps(value: Any) -> str:
@@ -212,3 +203,24 @@ def refs(body: str) -> list[str]:
         names += [packed["c"], *packed["d"], *(row[1] for row in packed["r"])]  # row[1]: the passage_sha256
         names += [packed["a"]] if "a" in packed else []
     return names
+
+
+_NAME = re.compile(r'"([0-9a-f]{64})"(?![0-9])')  # a text's name in a body (a JSON string), not before a digit
+_NUMBER = re.compile(r"#([0-9]+)")  # its number in a compact body
+
+
+def compact(body: str, numbers: Mapping[str, int]) -> str | None:
+    """`body` with each name in `numbers` (a JSON string) replaced by `#` and that text's number in the
+    log; None when `expand` would not give back `body` exactly.
+
+    It does whenever `body` holds no `#` before a digit: then the `#`s and digits that `expand` reads
+    are the numbers put in, each whole (a name is replaced only where no digit follows it), so it puts
+    back each name where it was and leaves the rest as it is."""
+    if _NUMBER.search(body):
+        return None
+    return _NAME.sub(lambda m: f"#{numbers[m[1]]}" if m[1] in numbers else m[0], body)
+
+
+def expand(packed: str, name: Callable[[int], str]) -> str:
+    """A compact body with its names put back: `name` gives a text's name from its number."""
+    return _NUMBER.sub(lambda m: f'"{name(int(m[1]))}"', packed)
