@@ -121,3 +121,19 @@ def test_asking_with_another_backend_than_the_index_was_built_with_says_so(
     )
     (notice,) = [n for n in answer.notices if "backend" in n]
     assert "torch backend (fp32)" in notice and "onnx (int8)" in notice and "threatqa index" in notice
+
+
+def test_words_embedded_on_their_own_session_match_the_query_session_even_while_it_runs(backends: dict) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    words = ["cocaine", "smuggled", "ransomware"]
+    for name in ("torch", "int8", "fp32"):
+        embedder = backends[name]
+        expected = embedder.encode_queries(words)
+        with ThreadPoolExecutor(2) as pool:  # the question on one thread, its words on another, as a search runs them
+            futures = [pool.submit(embedder.encode_words, words) for _ in range(4)]
+            for question in QUESTIONS * 3:
+                embedder.encode_query(question)
+            got = [f.result() for f in futures]
+        for vectors in got:
+            np.testing.assert_allclose(vectors, expected, atol=1e-6, err_msg=name)

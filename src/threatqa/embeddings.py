@@ -197,10 +197,14 @@ class Embedder:
         return self.encode_queries([text])
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        """Vectors for a question and its words, in one call of the model (each call has a fixed cost
-        several times that of a short text)."""
+        """Vectors for questions (or a question's words), in one call of the model, with its query prompt."""
         vectors = self.model.encode_query(texts, normalize_embeddings=True, batch_size=len(texts))
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_words(self, words: list[str]) -> np.ndarray:
+        """Vectors for a question's words, as `encode_queries` makes them; may run while a question is
+        being embedded on another thread."""
+        return self.encode_queries(words)
 
 
 BACKENDS = ("torch", "onnx", "onnx-fp32")

@@ -25,7 +25,8 @@ import copy
 import re
 import threading
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -43,9 +44,9 @@ if TYPE_CHECKING:
 
 RERANK_POOL = 20  # fused candidates the cross-encoder sees
 
-# The lexical side of a question runs on this pool while the dense side (embedding + FAISS, both
-# outside the GIL) runs on the caller's thread: the dense side is usually the longer, so it starts
-# at once and its end wakes nobody. Shared by all retrievers of the process.
+# The lexical side of a question, and its words for term matching, run on this pool while the dense
+# side (embedding + FAISS, both outside the GIL) runs on the caller's thread: the dense side is usually
+# the longer, so it starts at once and its end wakes nobody. Shared by all retrievers of the process.
 _LEXICAL_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="threatqa-lexical")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
@@ -174,11 +175,18 @@ class Retriever:
         return self.index.lexical.statistics(self.mask(documents))
 
     def search(
-        self, question: str, k: int = 5, documents: list[str] | None = None, subset: Statistics | None = None
+        self,
+        question: str,
+        k: int = 5,
+        documents: list[str] | None = None,
+        subset: Statistics | None = None,
+        distinct: Callable[[Chunk], Hashable] | None = None,
     ) -> Retrieval:
         """Top-k passages for a question, optionally restricted to some documents (ids or paths), and
         to a subset of the index (`subset`: the documents a user may read), searched as if the index
-        held only the subset's passages: rows, scores and abstention are that index's."""
+        held only the subset's passages: rows, scores and abstention are that index's. With `distinct`
+        (a passage's key: copies of one text share it), k distinct keys, with the copies among them
+        as hits too."""
         text, notices = clean_question(question, self.max_question_chars)
         if not text:
             return Retrieval(text, (), False, self.mode, (*notices, "the question is empty"))
@@ -195,19 +203,23 @@ class Retriever:
         mode = self.mode.split("+")[0]
         empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         vector, words = None, None
+        if mode != "lexical" and self.index.dense.terms is not None:  # type: ignore[union-attr]
+            # the question's words for term matching (`_matched`), made beside the search: with words unknown
+            # to the corpus, it is a second run of the model
+            words = _LEXICAL_POOL.submit(self._words, text, subset)
         if mode == "lexical":
             lex_rows, lex_scores = self.index.lexical.search(text, pool, mask, subset)
             dense_rows, dense_scores = empty
         elif mode == "dense":
             lex_rows, lex_scores = empty
-            vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask, subset, parts)
+            vector, (dense_rows, dense_scores) = self._dense(text, pool, mask, parts)
         else:
             # whichever side finishes first reads its best passages while the other runs: most answers
             # are among them
             dense_done = threading.Event()
             lexical = _LEXICAL_POOL.submit(self._lexical, text, pool, mask, 2 * k, dense_done, subset)
             try:
-                vector, words, (dense_rows, dense_scores) = self._dense(text, pool, mask, subset, parts)
+                vector, (dense_rows, dense_scores) = self._dense(text, pool, mask, parts)
                 dense_done.set()  # now, not after the reading below: the lexical side need not read too
                 if not lexical.done():
                     read.prefetch(self.index, text, dense_rows[: 2 * k].tolist())
@@ -226,7 +238,7 @@ class Retriever:
             cosines.update(zip(missing, self.index.dense.scores(vector, missing).tolist()))  # type: ignore[union-attr]
         lexical = dict(zip(lex_rows.tolist(), lex_scores.tolist()))
         weight = self.fusion_weight if mode == "hybrid" else float(mode == "lexical")
-        hits = self._collect(text, fuse(lexical, cosines, dense_scores, weight), lexical, cosines, k, read)
+        hits = self._collect(text, fuse(lexical, cosines, dense_scores, weight), lexical, cosines, k, read, distinct)
         if words is not None:
             hits = self._matched(words, hits)
         return Retrieval(text, tuple(hits), self._answered(hits), self.mode, tuple(notices))
@@ -248,27 +260,29 @@ class Retriever:
         return rows, scores, read
 
     def _dense(
-        self, text: str, pool: int, mask: np.ndarray | None, subset: Statistics | None = None,
-        parts: tuple[DensePart, ...] | None = None,
-    ) -> tuple[np.ndarray, _Words | None, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
-        """The question's vector, its words for term matching, and the rows and cosines of its best
-        passages (mask's; `parts`: the same passages as labels' dense parts)."""
-        vector, words = self._embed(text, subset)
-        return vector, words, self.index.dense.search(vector, pool, mask, parts)  # type: ignore[union-attr]
+        self, text: str, pool: int, mask: np.ndarray | None, parts: tuple[DensePart, ...] | None = None
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """The question's vector, and the rows and cosines of its best passages (mask's; `parts`: the
+        same passages as labels' dense parts)."""
+        vector = self.embedder.encode_query(text)  # type: ignore[union-attr]
+        return vector, self.index.dense.search(vector, pool, mask, parts)  # type: ignore[union-attr]
 
-    def _embed(self, text: str, subset: Statistics | None = None) -> tuple[np.ndarray, _Words | None]:
-        """The question's vector and its content words' vectors and weights (IDF over the subset's
-        passages, when given): the question and its words unknown to the corpus are embedded in one
-        call, the others read from the index."""
+    def _words(self, text: str, subset: Statistics | None = None) -> _Words | None:
+        """The question's content words' vectors and weights (IDF over the subset's passages, when
+        given): read from the index, those unknown to the corpus embedded in one call, apart from the
+        question's own (embedded with it, the words were padded to its length: the call took 1.5x the
+        question's alone at p50 and 2.5x at p95; benchmarks/query.py, issue 17)."""
         terms = self.index.dense.terms  # type: ignore[union-attr]
         words = content_words(text) if terms is not None else []
-        unknown = [w for w in words if w not in terms.position] if terms is not None else []
-        vectors = self.embedder.encode_queries([text, *unknown])  # type: ignore[union-attr]
         if terms is None or not words:
-            return vectors[:1], None
+            return None
+        unknown = [w for w in words if w not in terms.position]
         known = [w for w in words if w in terms.position]
+        vectors = terms.vectors[:0]
+        if unknown:
+            vectors = self.embedder.encode_words(unknown)  # type: ignore[union-attr]
         weights = self.index.lexical.word_weights(known + unknown, subset)
-        return vectors[:1], _Words(np.vstack([terms.of(known), vectors[1:]]), weights)
+        return _Words(np.vstack([terms.of(known), vectors]), weights)
 
     def _collect(
         self,
@@ -278,8 +292,9 @@ class Retriever:
         dense: dict[int, float],
         k: int,
         read: _Read,
+        distinct: Callable[[Chunk], Hashable] | None = None,
     ) -> list[Hit]:
-        """Re-rank (when configured), drop passages overlapping a better one, keep k."""
+        """Re-rank (when configured), drop passages overlapping a better one, keep k (k distinct keys)."""
         rerank: dict[int, float] = {}
         if self.reranker is not None:
             pool = list(zip(ranked[:RERANK_POOL], read.chunks(self.index, [row for row, _ in ranked[:RERANK_POOL]])))
@@ -287,6 +302,7 @@ class Retriever:
             rerank = {row: float(s) for ((row, _), _), s in zip(pool, scores)}
             ranked = sorted(ranked[:RERANK_POOL], key=lambda item: -rerank[item[0]]) + ranked[RERANK_POOL:]
         chosen: list[tuple[int, float, Chunk]] = []
+        keys: set[Hashable] = set()
         batch = 2 * k  # passages are read from the store a batch at a time, as far as the overlaps need
         for start in range(0, len(ranked), batch):
             part = ranked[start : start + batch]
@@ -294,9 +310,10 @@ class Retriever:
                 if any(c.doc_id == chunk.doc_id and c.start < chunk.end and chunk.start < c.end for *_, c in chosen):
                     continue
                 chosen.append((row, rerank.get(row, score), chunk))
-                if len(chosen) == k:
+                keys.add(distinct(chunk) if distinct is not None else row)
+                if len(keys) == k:
                     break
-            if len(chosen) == k:
+            if len(keys) == k:
                 break
         coverage = read.covered(self.index, text, [row for row, _, _ in chosen])
         return [
@@ -304,7 +321,7 @@ class Retriever:
             for rank, ((row, score, chunk), cov) in enumerate(zip(chosen, coverage), start=1)
         ]
 
-    def _matched(self, words: _Words, hits: list[Hit]) -> list[Hit]:
+    def _matched(self, words: Future[_Words | None], hits: list[Hit]) -> list[Hit]:
         """Hits with their term match where the abstention rule needs it: not when a cosine alone
         answers, nor for a passage that no term match could carry over the line."""
         if any(h.dense_score is not None and h.dense_score >= self.min_dense_score for h in hits):
@@ -312,8 +329,11 @@ class Retriever:
         needed = [
             i for i, h in enumerate(hits) if (h.dense_score or 0.0) + self.coverage_weight >= self.min_dense_score
         ]
+        vectors = words.result() if needed else None
+        if vectors is None:
+            return hits
         for i in needed:
-            hits[i] = replace(hits[i], term_match=self._term_match(words, hits[i].chunk))
+            hits[i] = replace(hits[i], term_match=self._term_match(vectors, hits[i].chunk))
         return hits
 
     def _term_match(self, words: _Words, chunk: Chunk) -> float:
@@ -324,7 +344,7 @@ class Retriever:
         """For each passage, how well its words match the question's (synonyms included), 0..1."""
         if self.embedder is None or self.index.dense is None or self.index.dense.terms is None:
             return [0.0] * len(chunks)
-        _vector, words = self._embed(text)
+        words = self._words(text)
         return [self._term_match(words, chunk) if words is not None else 0.0 for chunk in chunks]
 
     def _answered(self, hits: list[Hit]) -> bool:
