@@ -303,8 +303,10 @@ class AuditLog:
 
     def get(self, record_id: str) -> AuditRecord:
         with self._reader() as conn:
-            row = conn.execute("SELECT * FROM records WHERE id = ? OR CAST(seq AS TEXT) = ?", (record_id, record_id))
-            found = row.fetchone()
+            # by id, else by sequence number: two indexed lookups (`id = ? OR CAST(seq AS TEXT) = ?` read every record)
+            found = conn.execute("SELECT * FROM records WHERE id = ?", (record_id,)).fetchone()
+            if found is None and record_id.isascii() and record_id.isdigit() and str(int(record_id)) == record_id:
+                found = conn.execute("SELECT * FROM records WHERE seq = ?", (int(record_id),)).fetchone()
             if found is None:
                 raise AuditError(f"no audit record {record_id!r} in {self.path}")
             return _record(found, Texts(conn))
