@@ -146,7 +146,7 @@ def index_figures(root: Path, hostile: bool) -> tuple[float, float, int, str]:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
     version = (index / "CURRENT").read_text().strip()
     conn = sqlite3.connect(f"file:{index / version / 'chunks.sqlite'}?mode=ro", uri=True)
-    longest = conn.execute("SELECT MAX(LENGTH(text)) FROM chunks").fetchone()[0]
+    longest = conn.execute('SELECT MAX("end" - start) FROM chunks').fetchone()[0]  # passages are offsets (schema 7)
     conn.close()
     return seconds, peak, longest, done.stderr + done.stdout
 

@@ -7,9 +7,10 @@ same run, and question latency at the sizes asked.
 Each size: n generated passages (2-4 real SQuAD sentences each, `common.passages`, 100 to a
 file) are indexed with `build_index` as `query.py` does (vectors from the ONNX int8 all-MiniLM-L6
 architecture up to 2,000 passages, clustered synthetic vectors above: the dense files' sizes are
-the same either way). The table splits the index folder into the passage store (chunks.sqlite),
-the lexical index (bm25/), the dense vectors (FAISS codes and the window map), the term vectors and
-the rest, each as bytes / text bytes (the documents' files).
+the same either way). The table splits the index folder into the passage store (chunks.sqlite and
+the compressed text, chunks.blocks), the lexical index (bm25/), the dense vectors (dense.faiss and
+its compressed codes dense.codes, and the window map), the term vectors and the rest, each as
+bytes / text bytes (the documents' files).
 
 Old format: the lexical index of index schema 5 (its character view stored every n-gram of every
 sentence with its weights, 12 bytes each) is built from the same passages with that version's
@@ -62,7 +63,7 @@ def part(path: Path, version: Path) -> str:
         return "lexical"
     if name.startswith("chunks"):
         return "store"
-    if name.split(".")[0] in ("dense", "windows", "vectors"):
+    if name.split(".")[0] in ("dense", "windows", "window-counts", "vectors"):
         return "vectors"
     if name.split(".")[0] == "terms":
         return "terms"

@@ -10,8 +10,9 @@ import faiss
 import numpy as np
 import pytest
 
-from threatqa.dense import Carried, DenseConfig, DenseIndex, build_dense, lattice_ranges
+from threatqa.dense import DENSE_CODES, Carried, DenseConfig, DenseIndex, build_dense, lattice_ranges, write_dense
 from threatqa.embeddings import load_embedder
+from threatqa.errors import IndexMismatch
 from threatqa.index import build_index, open_index
 
 CORPUS_FILE = Path(__file__).resolve().parents[1] / "docs" / "NCA-annual-assessment-speech-2023-07-17.txt"
@@ -116,9 +117,11 @@ def test_approximate_index_decodes_vectors_for_incremental_builds(approximate_in
     index_dir, embedder = approximate_index
     index = open_index(index_dir)
     assert isinstance(index.dense.faiss, faiss.IndexIVF)
-    assert sorted(p.name for p in index.folder.glob("*.npy")) == ["digests.npy", "terms.npy", "windows.npy"]
-    text = index.document(index.chunks([0])[0].doc_id).text
-    texts = [text[start:end] for _row, start, end in index.dense.windows.tolist()]
+    assert sorted(p.name for p in index.folder.glob("*.npy")) == [
+        "digests.npy", "terms.npy", "window-counts.npy", "windows.npy"
+    ]  # fmt: skip
+    passages = index.chunks(list(range(len(index))))
+    texts = [passages[row].text[start:end] for row, start, end in index.dense.windows.tolist()]  # in their passage
     stored = index.dense.vectors(np.arange(len(index.dense)))
     assert stored.dtype == np.float32
     np.testing.assert_allclose(stored, embedder.encode_documents(texts), atol=5e-3)  # 8-bit codes of residuals
@@ -152,3 +155,84 @@ def test_an_incremental_build_keeps_the_codes_of_carried_ivf_vectors() -> None:
     third = DenseIndex(build_dense(other, config, Carried(first, ids)), windows, 3000)
     assert np.abs(third.vectors(np.arange(2500, 3000)) - other[2500:]).max() < 0.02
     assert np.abs(third.vectors(np.arange(2500)) - decoded[500:]).max() < 0.02
+
+
+def _written(folder: Path, vectors: np.ndarray, config: DenseConfig, passages: int = 1000) -> np.ndarray:
+    """write_dense of `vectors` as 3 windows a passage (passage p at 100 * p, its windows at 0, 30 and 60
+    in it); returns the windows (passage row, start and end in the document)."""
+    owners = np.repeat(np.arange(passages), 3)
+    starts = np.arange(passages) * 100
+    offsets = np.tile([0, 30, 60], passages)
+    windows = np.stack([owners, starts[owners] + offsets, starts[owners] + offsets + 30], axis=1)
+    write_dense(folder, vectors, windows, starts, config)
+    return windows
+
+
+@pytest.mark.parametrize("codes", ["8bit", "6bit", "4bit"])
+@pytest.mark.parametrize("threshold", [10**9, 1000])  # scanned codes, IVF lists
+def test_written_codes_read_back_exactly(tmp_path: Path, codes: str, threshold: int) -> None:
+    """The codes are written compressed, a byte a component (dense.codes), and read back to the very index
+    that was built: same decoded vectors, same search results; windows as offsets in their passage."""
+    vectors = clustered(3000, 40, seed=3)
+    config = DenseConfig(ann_threshold=threshold, codes=codes, ann_codes=codes)
+    built = build_dense(vectors, config)
+    windows = _written(tmp_path, vectors, config)
+    index = DenseIndex.open(tmp_path, 1000, 40)
+    assert type(index.faiss) is type(built) and (tmp_path / DENSE_CODES).stat().st_size < 40 * 3000
+    reference = DenseIndex(built, windows, 1000)
+    np.testing.assert_array_equal(index.vectors(np.arange(3000)), reference.vectors(np.arange(3000)))
+    for got, expected in zip(index.faiss.search(vectors[:20], 10), built.search(vectors[:20], 10)):  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(index.windows, np.stack([windows[:, 0], windows[:, 1] % 100, windows[:, 2] % 100], 1))
+    assert (
+        np.load(tmp_path / "windows.npy").dtype == np.uint8
+        and np.load(tmp_path / "window-counts.npy").dtype == np.uint8
+    )
+
+
+def test_an_index_too_large_to_read_in_is_written_whole_and_mapped(tmp_path: Path, monkeypatch) -> None:
+    from threatqa import dense
+
+    monkeypatch.setattr(dense, "MAP_ABOVE_BYTES", 1000)
+    vectors = clustered(3000, 40, seed=4)
+    config = DenseConfig(ann_threshold=1000)
+    windows = _written(tmp_path, vectors, config)
+    assert not (tmp_path / DENSE_CODES).exists()
+    index = DenseIndex.open(tmp_path, 1000, 40)
+    reference = DenseIndex(build_dense(vectors, config), windows, 1000)
+    np.testing.assert_array_equal(index.vectors(np.arange(3000)), reference.vectors(np.arange(3000)))
+
+
+def test_long_passages_get_wider_window_offsets(tmp_path: Path) -> None:
+    windows = np.array([[0, 0, 70_000], [0, 70_000, 70_100], [1, 70_200, 70_300]])
+    write_dense(tmp_path, clustered(3, 40), windows, np.array([0, 70_150]), DenseConfig())
+    index = DenseIndex.open(tmp_path, 2, 40)
+    assert np.load(tmp_path / "windows.npy").dtype == np.uint32
+    assert index.windows.tolist() == [[0, 0, 70_000], [0, 70_000, 70_100], [1, 50, 150]]
+
+
+@pytest.mark.parametrize("damage", ["cut short", "garbled", "a list that is not there", "windows miscounted"])
+def test_damaged_dense_files_are_refused(tmp_path: Path, damage: str) -> None:
+    """Damage found while the codes are read in (as when a large index opens before its checksums are done)
+    is an IndexMismatch, never codes in the wrong place: a code naming a list the index lacks would have FAISS
+    write outside its lists."""
+    import brotli
+
+    _written(tmp_path, clustered(3000, 40, seed=6), DenseConfig(ann_threshold=1000))
+    path = tmp_path / DENSE_CODES
+    data = path.read_bytes()
+    if damage == "cut short":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbled":
+        path.write_bytes(data[:4] + b"not brotli" + data[14:])
+    elif damage == "a list that is not there":
+        records = bytearray(brotli.decompress(data[4:]))
+        records[:2] = b"\xff\xff"  # the first window's list number (2 bytes, little-endian)
+        frame = brotli.compress(bytes(records))
+        path.write_bytes(len(frame).to_bytes(4, "little") + frame)
+    else:
+        counts = np.load(tmp_path / "window-counts.npy")
+        counts[0] += 1
+        np.save(tmp_path / "window-counts.npy", counts)
+    with pytest.raises(IndexMismatch, match=r"dense\.faiss (is unreadable|holds 3000 vectors)"):
+        DenseIndex.open(tmp_path, 1000, 40)

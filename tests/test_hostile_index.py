@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import zlib
+import string
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import brotli
 import pytest
 
 from threatqa.config import Settings
@@ -38,16 +39,23 @@ def _two_versions(settings: Settings) -> tuple[Path, Path]:
 
 
 def _tamper_passage(folder: Path, row: int = 0) -> None:
-    """Change one letter of a stored passage's text, as bit rot or an editor would (not through threatqa)."""
-    path = folder / "chunks.sqlite"
+    """Change one letter of a stored passage's text, as bit rot or an editor would (not through threatqa):
+    the block is compressed again and written in its place (a letter it compresses no larger with), and the
+    blocks table gets its size; no file changes size."""
+    path, blocks = folder / "chunks.sqlite", folder / "chunks.blocks"
     path.chmod(0o644)
+    blocks.chmod(0o644)
     conn = sqlite3.connect(path)
     doc, start = conn.execute("SELECT doc, start FROM chunks WHERE row = ?", (row,)).fetchone()
     key = (doc << 32) + start // TEXT_BLOCK
-    text = zlib.decompress(conn.execute("SELECT text FROM texts WHERE key = ?", (key,)).fetchone()[0]).decode()
-    at = start % TEXT_BLOCK + 3
-    swapped = "X" if text[at] != "X" else "Y"
-    conn.execute("UPDATE texts SET text = ? WHERE key = ?", (compress_block(text[:at] + swapped + text[at + 1 :]), key))
+    offset, size = conn.execute("SELECT offset, size FROM blocks WHERE key = ?", (key,)).fetchone()
+    data = blocks.read_bytes()
+    text = brotli.decompress(data[offset : offset + size]).decode()
+    first = start % TEXT_BLOCK + 3
+    edits = ((at, letter) for at in range(first, first + 40) for letter in string.ascii_letters if letter != text[at])
+    block = next(b for at, c in edits if len(b := compress_block(text[:at] + c + text[at + 1 :])) <= size)
+    blocks.write_bytes(data[:offset] + block.ljust(size, b"\0") + data[offset + size :])
+    conn.execute("UPDATE blocks SET size = ? WHERE key = ?", (len(block), key))
     conn.commit()
     conn.close()
 
@@ -204,7 +212,7 @@ def test_index_close_releases_the_store(settings: Settings) -> None:
     index.chunks([0])
     before = _open_files()[0]
     index.close()
-    assert _open_files()[0] == before - 1
+    assert _open_files()[0] == before - 2  # chunks.sqlite and chunks.blocks
     assert index.chunks([0])  # a question still holding it reopens the file
 
 

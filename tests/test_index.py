@@ -213,8 +213,9 @@ def test_every_file_is_checksummed_and_any_altered_byte_refused(tmp_path: Path, 
     folder = current_version(index_dir)
     listed = set(open_index(index_dir).manifest.files)
     assert listed == {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert {"dense.faiss", "windows.npy", "terms.npy", "terms.json", "chunks.sqlite", "digests.npy"} <= listed
-    for name in ("dense.faiss", "terms.npy", "windows.npy"):
+    dense = {"dense.faiss", "dense.codes", "windows.npy", "window-counts.npy", "terms.npy", "terms.json"}
+    assert dense | {"chunks.sqlite", "chunks.blocks", "digests.npy"} <= listed
+    for name in sorted(dense | {"chunks.blocks"}):
         path = folder / name
         data = path.read_bytes()
         path.chmod(0o644)
@@ -225,9 +226,21 @@ def test_every_file_is_checksummed_and_any_altered_byte_refused(tmp_path: Path, 
     assert open_index(index_dir, fallback=False).dense is not None
 
 
+def _blocks(folder: Path) -> tuple[Path, list[tuple[int, int, int]]]:
+    """The text blocks' file of a version and its blocks table (key, offset, size), in key order."""
+    import sqlite3
+
+    conn = sqlite3.connect(folder / "chunks.sqlite")
+    try:
+        return folder / "chunks.blocks", conn.execute("SELECT key, offset, size FROM blocks ORDER BY key").fetchall()
+    finally:
+        conn.close()
+
+
 def test_store_text_blocks_are_compressed_and_a_damaged_one_refused(tmp_path: Path, docs: Path) -> None:
     import sqlite3
-    import zlib
+
+    import brotli
 
     from threatqa.store import TEXT_BLOCK
 
@@ -237,24 +250,99 @@ def test_store_text_blocks_are_compressed_and_a_damaged_one_refused(tmp_path: Pa
     document = index.document(index.documents()[0].id)
     passages = index.chunks(list(range(len(index))))
     assert all(p.text == document.text[p.start : p.end] for p in passages)
-    store = index.folder / "chunks.sqlite"
-    conn = sqlite3.connect(store)
-    blocks = conn.execute("SELECT key, text FROM texts ORDER BY key").fetchall()
-    assert "".join(zlib.decompress(b).decode() for _, b in blocks) == document.text
-    assert len(blocks) == -(-len(document.text) // TEXT_BLOCK)
-    assert sum(len(b) for _, b in blocks) < 0.6 * len(document.text.encode())
-    store.chmod(0o644)
-    for damage in (b"not zlib", blocks[0][1][: len(blocks[0][1]) // 2]):  # not zlib; cut short
-        conn.execute("UPDATE texts SET text = ? WHERE key = ?", (damage, blocks[0][0]))
-        conn.commit()
+    path, blocks = _blocks(index.folder)
+    data = path.read_bytes()
+    assert "".join(brotli.decompress(data[o : o + n]).decode() for _, o, n in blocks) == document.text
+    assert len(blocks) == -(-len(document.text) // TEXT_BLOCK) and len(data) == sum(n for _, _, n in blocks)
+    assert len(data) < 0.45 * len(document.text.encode())
+    path.chmod(0o644)
+    (index.folder / "chunks.sqlite").chmod(0o644)
+    _key, offset, size = blocks[0]
+    for damage in ("garbled", "cut short", "past the end"):
+        if damage == "garbled":
+            path.write_bytes(data[:offset] + b"not brotli".ljust(size, b"!") + data[offset + size :])
+        else:  # the blocks table says the block is shorter than it is, or longer than the file
+            conn = sqlite3.connect(index.folder / "chunks.sqlite")
+            conn.execute(
+                "UPDATE blocks SET size = ? WHERE key = ?", (size // 2 if damage == "cut short" else 10**6, _key)
+            )
+            conn.commit()
+            conn.close()
+            path.write_bytes(data)
         damaged = open_index(index_dir, verify=False)  # as a large index opens, before its checksums are done
-        with pytest.raises(IndexMismatch, match=r"text block .* cannot be read"):
+        message = "truncated" if damage == "past the end" else r"text block .* cannot be read"
+        with pytest.raises(IndexMismatch, match=message):
             damaged.chunks(list(range(len(index))))
-        with pytest.raises(IndexMismatch, match=r"text block .* cannot be read"):
+        with pytest.raises(IndexMismatch, match=message):
             damaged.document(document.id)
-    conn.close()
+        damaged.close()
     with pytest.raises(IndexMismatch, match="checksum"):
         open_index(index_dir, fallback=False)
+
+
+def test_text_blocks_of_unchanged_documents_are_carried_over(
+    tmp_path: Path, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build copies the compressed blocks of texts the previous version holds (Brotli at its best
+    quality is slow to compress) and compresses only the new ones."""
+    from threatqa import store
+
+    index_dir = tmp_path / "index"
+    build_index(docs, index_dir, None)
+    first = open_index(index_dir)
+    before = first.document(first.documents()[0].id)
+    path, blocks = _blocks(first.folder)
+    old = [path.read_bytes()[o : o + n] for _, o, n in blocks]
+    compressed: list[str] = []
+    real = store.compress_block
+    monkeypatch.setattr(store, "compress_block", lambda text: compressed.append(text) or real(text))
+    _second_doc(docs)
+    build_index(docs, index_dir, None)
+    second = open_index(index_dir)
+    added = next(d for d in second.documents() if d.path == "firearms.md")
+    assert "".join(compressed) == second.document(added.id).text  # only the new document's text
+    assert second.document(before.id).text == before.text
+    path, blocks = _blocks(second.folder)
+    assert [path.read_bytes()[o : o + n] for _, o, n in blocks][: len(old)] == old
+    assert all(p.text for p in second.chunks(list(range(len(second)))))  # every passage reads back, checked
+
+
+def test_carried_blocks_must_decompress_to_the_text_read_now(tmp_path: Path, docs: Path) -> None:
+    """Blocks are carried over by the hash of the text they hold; blocks that do not decompress to the
+    document's text as read now (damaged since the previous version was checked) are compressed afresh."""
+    from dataclasses import replace
+
+    from threatqa.store import CHUNKS, ChunkStore, passage_sha256, write_store
+
+    build_index(docs, tmp_path / "index", None)
+    index = open_index(tmp_path / "index")
+    document = index.document(index.documents()[0].id)
+    other = replace(document, text=document.text.replace("cocaine", "heroin"))
+    assert other.text != document.text
+    lying = ChunkStore(index.store.path, None, {document.id: passage_sha256(other.text)})  # its blocks hold `document`
+    (tmp_path / "new").mkdir()
+    write_store(tmp_path / "new" / CHUNKS, [other], [], lying)
+    assert ChunkStore(tmp_path / "new" / CHUNKS).document(other.id).text == other.text
+
+
+def test_an_index_of_an_earlier_schema_is_rebuilt(tmp_path: Path, docs: Path) -> None:
+    """A version written by an earlier release (another schema) is not read: opening it says to rebuild,
+    the docs count as changed, and a build makes a new version from scratch beside it."""
+    index_dir = tmp_path / "index"
+    build_index(docs, index_dir, None)
+    folder = current_version(index_dir)
+    manifest = folder / "manifest.json"
+    manifest.chmod(0o644)
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"schema_version": SCHEMA_VERSION - 1}))
+    with pytest.raises(IndexMismatch, match=f"index schema {SCHEMA_VERSION - 1} is not the supported {SCHEMA_VERSION}"):
+        open_index(index_dir, fallback=False)
+    assert is_stale(docs, index_dir, None)
+    warnings: list[str] = []
+    report = build_index(docs, index_dir, None, warn=warnings.append)
+    assert report.changed and report.version != folder.name
+    assert any("previous index not reused" in w and "schema" in w for w in warnings)
+    index = open_index(index_dir)
+    assert index.manifest.schema_version == SCHEMA_VERSION and index.chunks([0])[0].text
 
 
 def test_term_vectors_are_int8_and_read_back_within_2e3(tmp_path: Path, docs: Path, embedder: Embedder) -> None:

@@ -105,8 +105,8 @@ def test_dense_search_matches_brute_force(hybrid: Engine) -> None:
     index = hybrid.index
     embedder = hybrid._embedder
     windows = index.dense.windows
-    text = index.document(index.chunks([0])[0].doc_id).text
-    vectors = embedder.encode_documents([text[start:end] for _row, start, end in windows.tolist()])
+    passages = index.chunks(list(range(len(index))))
+    vectors = embedder.encode_documents([passages[row].text[start:end] for row, start, end in windows.tolist()])
     query = embedder.encode_query("cocaine consumption in the UK")
     decoded = index.dense.vectors(np.arange(len(windows)))  # the index keeps 8-bit codes of the vectors
     step = index.dense.ranges[1] / 255  # each component within half a step of its vector's

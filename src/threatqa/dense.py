@@ -8,8 +8,12 @@ Files in an index version:
     dense.faiss   inner-product index over the normalised window vectors, kept only as scalar-quantiser
                   codes (`DenseConfig.codes`): searched exhaustively up to `DenseConfig.ann_threshold`
                   windows, by IVF lists above. The codes are the only copy of the vectors: exact
-                  re-scoring, filtered search and incremental builds decode them (`DenseIndex.vectors`)
-    windows.npy   int32 (windows, 3): passage row, start and end offsets in the document
+                  re-scoring, filtered search and incremental builds decode them (`DenseIndex.vectors`).
+                  Written without its codes, which are in dense.codes (unless it is too large to read in)
+    dense.codes   the codes, compressed (`write_codes`); read into the index when it opens
+    windows.npy   (windows, 2): each window's start and end offsets in its passage, and
+    window-counts.npy   the windows of each passage, by row (a passage's windows are consecutive), both
+                  as the narrowest unsigned integers that hold them (4 and 1 bytes: 12 as int32 triples)
     terms.json, terms.npy   the corpus's content words and their vectors (int8, see `TermVectors`),
                   for term matching: how well a passage's words match the question's, synonyms included
 """
@@ -18,18 +22,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import struct
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import brotli
 import numpy as np
+from numba import njit
 
 from threatqa.errors import IndexMismatch
 
 DENSE = "dense.faiss"
-WINDOWS = "windows.npy"
+DENSE_CODES = "dense.codes"
+WINDOWS, WINDOW_COUNTS = "windows.npy", "window-counts.npy"
 TERMS, TERM_VECTORS = "terms.json", "terms.npy"
 # Index files up to this size are read into memory, larger ones memory-mapped. Read in, a file cannot
 # be truncated under the server (a mapped one then ends it with SIGBUS), and searches are faster: an
@@ -130,7 +139,7 @@ class DenseIndex:
         if self.ivf:  # window number -> its place in the lists, for decoding (8 bytes a window, in memory)
             faiss_index.make_direct_map()  # type: ignore[attr-defined]
         self.terms = terms
-        self.windows = windows
+        self.windows = windows  # a window's passage row, and its start and end offsets in the passage
         self.owners = np.ascontiguousarray(windows[:, 0], dtype=np.int64)
         self.starts = np.searchsorted(self.owners, np.arange(passages + 1)).astype(np.int64)
 
@@ -142,17 +151,20 @@ class DenseIndex:
             mapped = (folder / DENSE).stat().st_size > MAP_ABOVE_BYTES
             flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else faiss.IO_FLAG_READ_ONLY
             index = faiss.read_index(str(folder / DENSE), flags)
-            windows = np.load(folder / WINDOWS)
-        except (RuntimeError, ValueError, OSError) as exc:
+            if (folder / DENSE_CODES).is_file():
+                read_codes(index, folder / DENSE_CODES)
+            spans, counts = np.load(folder / WINDOWS), np.load(folder / WINDOW_COUNTS)
+        except (RuntimeError, ValueError, OSError, brotli.error) as exc:
             raise IndexMismatch(f"{folder / DENSE} is unreadable ({exc}); rebuild with `threatqa index`") from None
-        last = int(windows[-1, 0]) if len(windows) else -1  # every passage has a window: the last is the last's
-        if index.ntotal != len(windows) or index.d != dimension or last != passages - 1:
+        whole = index.ntotal == len(spans) == int(counts.sum()) and spans.shape[1:] == (2,) and index.d == dimension
+        if not whole or len(counts) != passages or not (counts > 0).all():  # every passage has a window (`scores`)
             raise IndexMismatch(
-                f"{folder / DENSE} holds {index.ntotal} vectors of dimension {index.d} for {len(windows)} windows of "
-                f"{last + 1} passages; the manifest says {passages} passages of dimension {dimension}; rebuild "
+                f"{folder / DENSE} holds {index.ntotal} vectors of dimension {index.d} for {len(spans)} windows of "
+                f"{len(counts)} passages; the manifest says {passages} passages of dimension {dimension}; rebuild "
                 "with `threatqa index`"
             )
-        return cls(index, windows, passages, TermVectors.open(folder))
+        owners = np.repeat(np.arange(passages, dtype=np.int32), counts)
+        return cls(index, np.column_stack([owners, spans.astype(np.int32)]), passages, TermVectors.open(folder))
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -457,19 +469,151 @@ def _holds(ranges: np.ndarray, vectors: np.ndarray) -> bool:
 
 
 def write_dense(
-    folder: Path, vectors: np.ndarray, windows: np.ndarray, config: DenseConfig, carried: Carried | None = None
+    folder: Path,
+    vectors: np.ndarray,
+    windows: np.ndarray,
+    passage_starts: np.ndarray,
+    config: DenseConfig,
+    carried: Carried | None = None,
 ) -> None:
-    """dense.faiss and windows.npy into folder (`carried`: see build_dense)."""
+    """The dense files into folder, from the windows' vectors and their (passage row, start, end) in the
+    document, given each passage's start (`carried`: see build_dense). An index too large to read in
+    (MAP_ABOVE_BYTES) is written whole to dense.faiss, so that it can be memory-mapped."""
     import faiss
 
-    faiss.write_index(build_dense(vectors, config, carried), str(folder / DENSE))
-    np.save(folder / WINDOWS, windows.astype(np.int32))
+    index = build_dense(vectors, config, carried)
+    if index.sa_code_size() * index.ntotal <= MAP_ABOVE_BYTES:  # type: ignore[attr-defined]
+        write_codes(index, folder / DENSE_CODES)
+        index.reset()  # type: ignore[attr-defined]
+    faiss.write_index(index, str(folder / DENSE))
+    rows = windows[:, 0]
+    np.save(folder / WINDOWS, _narrow(windows[:, 1:] - passage_starts[rows][:, None]))
+    np.save(folder / WINDOW_COUNTS, _narrow(np.bincount(rows, minlength=len(passage_starts))))
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers as the narrowest unsigned type that holds them."""
+    largest = int(values.max(initial=0))
+    return values.astype(next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if largest <= np.iinfo(t).max))
+
+
+# windows a frame of dense.codes. Brotli at quality 1 takes scalar-quantiser codes kept a byte a component to
+# about their entropy: 6-bit residual codes of real window vectors (all-MiniLM-L6, 19k windows of prose)
+# carry 4.6 bits a component and took 222 bytes a window instead of 288 packed (clustered synthetic vectors:
+# 5.0 bits, 240 bytes); 8-bit codes of real vectors on the lattice, 182 instead of 384. Quality 1 compressed
+# smaller than 3 or 5, and fastest (0.6 s for 260k windows). The price is at opening: decompressing and
+# packing them took open_index from 0.24 to 0.85 s at 98k passages (260k windows; 2 shared cores)
+CODE_FRAME = 1 << 14
+CODE_QUALITY = 1
+
+
+def write_codes(index: Any, path: Path) -> None:
+    """The index's codes into `path`, window by window (FAISS's standalone codes: the list number, when
+    IVF, then the code), each component a byte, in frames of CODE_FRAME windows compressed alone (Brotli),
+    each after its size in 4 bytes."""
+    codes, coarse, bits = _codes(index), _coarse_bytes(index), index.sq.bits
+    with open(path, "wb") as out:
+        for start in range(0, len(codes), CODE_FRAME):
+            frame = codes[start : start + CODE_FRAME]
+            records = np.empty((len(frame), coarse + index.d), dtype=np.uint8)
+            records[:, :coarse] = frame[:, :coarse]
+            _unpack_bits(frame[:, coarse:], bits, records[:, coarse:])
+            data = brotli.compress(records.tobytes(), quality=CODE_QUALITY)
+            out.write(struct.pack("<I", len(data)) + data)
+
+
+def read_codes(index: Any, path: Path) -> None:
+    """Add the codes `write_codes` wrote to the (empty) index; damage raises ValueError or brotli.error.
+    A frame is packed (compiled, outside the GIL) on another thread while the next is decompressed (Brotli
+    holds the GIL): open_index took 0.85 s instead of 1.1 at 260k windows."""
+    coarse = _coarse_bytes(index)
+    with open(path, "rb") as handle, ThreadPoolExecutor(1, thread_name_prefix="threatqa-codes") as packer:
+        pending = None
+        while head := handle.read(4):
+            size = struct.unpack("<I", head)[0] if len(head) == 4 else -1
+            data = handle.read(max(size, 0))
+            if len(data) != size:
+                raise ValueError(f"{path.name} is cut short")
+            records = np.frombuffer(brotli.decompress(data), dtype=np.uint8).reshape(-1, coarse + index.d)
+            if pending is not None:
+                index.add_sa_codes(pending.result())
+            pending = packer.submit(_packed, index, records, coarse)
+        if pending is not None:
+            index.add_sa_codes(pending.result())
+
+
+def _packed(index: Any, records: np.ndarray, coarse: int) -> np.ndarray:
+    """Standalone codes from records of `write_codes` (the list number, then a byte a component)."""
+    codes = np.empty((len(records), index.sa_code_size()), dtype=np.uint8)
+    codes[:, :coarse] = records[:, :coarse]
+    _pack_bits(records[:, coarse:], index.sq.bits, codes[:, coarse:])
+    if coarse and (_list_numbers(codes[:, :coarse]) >= index.nlist).any():  # FAISS would write out of bounds
+        raise ValueError("a code names a list the index does not have")
+    return codes
+
+
+def _codes(index: Any) -> np.ndarray:
+    """Every window's standalone code, (windows, sa_code_size), in window order."""
+    import faiss
+
+    if not isinstance(index, faiss.IndexIVF):
+        return faiss.vector_to_array(index.codes).reshape(index.ntotal, index.code_size)
+    coarse, lists = _coarse_bytes(index), index.invlists
+    out = np.empty((index.ntotal, index.sa_code_size()), dtype=np.uint8)
+    for number in range(index.nlist):
+        if size := lists.list_size(number):
+            ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
+            out[ids, coarse:] = faiss.rev_swig_ptr(lists.get_codes(number), size * index.code_size).reshape(size, -1)
+            out[ids, :coarse] = np.array([number], dtype="<u8").view(np.uint8)[:coarse]  # little-endian, as FAISS
+    return out
+
+
+def _coarse_bytes(index: Any) -> int:
+    """Bytes of the list number at the start of a standalone code: 0 for an exhaustive index."""
+    import faiss
+
+    return int(index.coarse_code_size()) if isinstance(index, faiss.IndexIVF) else 0
+
+
+def _list_numbers(coarse: np.ndarray) -> np.ndarray:
+    return (coarse.astype(np.int64) << (8 * np.arange(coarse.shape[1]))).sum(axis=1)
 
 
 def ann_lists(n: int) -> int:
     """IVF lists for n vectors: about 4 * sqrt(n), a power of two up to 4096 (fewer for a tiny
     corpus: k-means wants about 40 points a list)."""
     return int(max(1, min(4096, 2 ** round(np.log2(4 * np.sqrt(n))), n // 40)))
+
+
+# Scalar-quantiser codes as FAISS packs them: a little-endian stream of `bits` a component, so that 8
+# components take `bits` whole bytes; the kernels move 8 at a time through one 64-bit word (twice as fast
+# as a component at a time: 0.18 s for 260k windows of 384 6-bit components)
+
+
+@njit(nogil=True, cache=True)
+def _pack_bits(values: np.ndarray, bits: int, out: np.ndarray) -> None:
+    """Rows of components (a byte each, below 2**bits) into rows of packed codes."""
+    dim, size = values.shape[1], out.shape[1]
+    for row in range(values.shape[0]):
+        for group in range((dim + 7) // 8):
+            word = np.uint64(0)
+            for k in range(min(8, dim - 8 * group)):
+                word |= np.uint64(values[row, 8 * group + k]) << np.uint64(bits * k)
+            for b in range(min(bits, size - bits * group)):
+                out[row, bits * group + b] = (word >> np.uint64(8 * b)) & np.uint64(255)
+
+
+@njit(nogil=True, cache=True)
+def _unpack_bits(codes: np.ndarray, bits: int, out: np.ndarray) -> None:
+    """`_pack_bits` undone: rows of packed codes into rows of components, a byte each."""
+    dim, size, mask = out.shape[1], codes.shape[1], np.uint64((1 << bits) - 1)
+    for row in range(codes.shape[0]):
+        for group in range((dim + 7) // 8):
+            word = np.uint64(0)
+            for b in range(min(bits, size - bits * group)):
+                word |= np.uint64(codes[row, bits * group + b]) << np.uint64(8 * b)
+            for k in range(min(8, dim - 8 * group)):
+                out[row, 8 * group + k] = (word >> np.uint64(bits * k)) & mask
 
 
 # FAISS threads per question (0: OpenMP's default). An OpenMP thread count belongs to the thread

@@ -5,8 +5,8 @@ Layout of the index folder:
     CURRENT            name of the live version folder (replaced atomically)
     v-<id>/            one complete, immutable version
         manifest.json  schema, model (by content), retrievers, documents, checksums (written last; manifest.py)
-        chunks.sqlite  documents (with their extracted text) and passages (store.py)
-        dense.faiss, windows.npy, terms.*   window vectors (as codes), absent in lexical mode (dense.py)
+        chunks.sqlite, chunks.blocks  documents and passages; the documents' text, compressed (store.py)
+        dense.*, window*.npy, terms.*   window vectors (as codes), absent in lexical mode (dense.py)
         bm25/          the lexical views (lexical.py)
 
 A build writes a new version beside the live one and only then switches CURRENT, so a build
@@ -38,7 +38,7 @@ from threatqa.ingest import Document, IngestLimits, file_sha256, load_documents
 from threatqa.lexical import LexicalIndex, content_words
 from threatqa.manifest import MANIFEST, SCHEMA_VERSION, Manifest, input_fingerprint, read_manifest
 from threatqa.policy import Policy
-from threatqa.store import CHUNKS, DIGESTS, DocumentInfo, passage_digests, passage_sha256, write_store
+from threatqa.store import CHUNKS, DIGESTS, ChunkStore, DocumentInfo, passage_digests, passage_sha256, write_store
 from threatqa.versions import BM25_DIR, CURRENT, Index, current_version, open_index
 
 EMBED_SLICE = 512  # windows embedded per call, between progress reports
@@ -124,7 +124,7 @@ def build_index(
         carry = Carried(reusable.dense, carried) if reused and reusable and reusable.dense else None
         manifest = _write_version(
             index_dir, version, documents, chunks, vectors, spans, embedder, chunking, fingerprint, dense, terms, carry,
-            _policy_record(policy, documents),
+            _policy_record(policy, documents), previous.store if previous else None,
         )  # fmt: skip
         _switch(index_dir, version)
         _prune(index_dir, keep={version, previous.folder.name if previous else ""})
@@ -315,16 +315,18 @@ def _write_version(
     terms: TermVectors | None = None,
     carried: Carried | None = None,
     policy: dict[str, object] | None = None,
+    previous_store: ChunkStore | None = None,
 ) -> Manifest:
     staging = index_dir / f".tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        write_store(staging / CHUNKS, documents, chunks)
+        write_store(staging / CHUNKS, documents, chunks, previous_store)  # texts it holds are carried over
         np.save(staging / DIGESTS, passage_digests([c.text for c in chunks]))
         LexicalIndex.build([c.text for c in chunks], staging / BM25_DIR)
         dense = vectors is not None and spans is not None and embedder is not None
         if dense:
-            write_dense(staging, vectors, spans, dense_config, carried)  # type: ignore[arg-type]
+            starts = np.array([c.start for c in chunks], dtype=np.int64)
+            write_dense(staging, vectors, spans, starts, dense_config, carried)  # type: ignore[arg-type]
             if terms is not None:
                 terms.save(staging)
         files = {

@@ -22,8 +22,9 @@ from threatqa.ingest import EXTRACTION_VERSION, IngestLimits, file_sha256, iter_
 # passage windows, the model is identified by content; 6: digests of passages and document texts,
 # checked as they are read; 7: each text stored once (passages as offsets into their document's
 # text), the lexical views' compact formats; 8: window vectors kept only as scalar-quantiser codes,
-# term vectors as int8, text blocks compressed
-SCHEMA_VERSION = 8
+# term vectors as int8, text blocks compressed; 9: text blocks Brotli-compressed in their own file
+# (chunks.blocks), the vector codes compressed (dense.codes), windows as offsets in their passage
+SCHEMA_VERSION = 9
 MANIFEST = "manifest.json"
 
 

@@ -1,8 +1,10 @@
 """The chunk store of an index version (part of the index stage): documents with their extracted
-text, and passages by row number, in one SQLite file (`chunks.sqlite`), opened read-only.
+text, and passages by row number, in one SQLite file (`chunks.sqlite`, opened read-only) and the
+documents' text beside it (`chunks.blocks`).
 
-Document texts are kept in blocks of TEXT_BLOCK characters, each compressed alone (zlib), so a passage
-read decompresses only the one or two blocks it spans.
+Document texts are kept in blocks of TEXT_BLOCK characters, each compressed alone (Brotli), one after
+the other in `chunks.blocks`; the `blocks` table says where each is. So a passage read decompresses only
+the one or two blocks it spans.
 
 Every text the store hands out is checked as it is read: passages against `digests.npy` (16 bytes of
 each passage's sha256, a small file whose own checksum is verified whenever the version opens) and
@@ -12,16 +14,17 @@ to checksum at every start, and a damaged store is refused instead of quoted.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
+import os
 import sqlite3
 import threading
-import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import brotli
 import numpy as np
 
 from threatqa.chunking import Chunk
@@ -29,16 +32,21 @@ from threatqa.errors import IndexMismatch
 from threatqa.ingest import Document, PageSpan
 
 CHUNKS = "chunks.sqlite"
+BLOCKS = "chunks.blocks"  # the compressed text blocks, beside CHUNKS
 DIGESTS = "digests.npy"
 DIGEST_BYTES = 16  # of each passage's sha256: collisions by accident are out of reach at any corpus size
 # the chunks table's columns: the document by number, then Chunk's fields after its text, in order
 _CHUNK_COLUMNS = ", ".join(["doc", *(f'"{f.name}"' for f in fields(Chunk) if f.name not in ("id", "doc_id", "text"))])
-# characters of document text a row, compressed alone; a passage is cut from the one or two blocks it
-# spans. Compressed (zlib, the same at any level from 6 up), blocks of 1,024 / 2,048 / 4,096 characters
-# took 0.55 / 0.50 / 0.47x their bytes and 13 / 21 / 36 us to decompress (2 shared cores); at 100k
-# passages the store was 0.70x the text with 2,048 (SQLite's cost a row counts too) and 0.60x with 4,096
+# characters of document text a block, compressed alone; a passage is cut from the one or two blocks it
+# spans. Blocks of 1,024 / 2,048 / 4,096 characters took 0.55 / 0.50 / 0.47x their bytes with zlib and
+# 13 / 21 / 36 us to decompress (2 shared cores), so 4,096. Brotli at its best quality (whose built-in
+# dictionary of common words and phrases suits short texts) took 0.34x on this corpus and 0.32x on real
+# prose (zlib 0.47x and 0.42x), in the same time to decompress (33 us a block); it compresses at about
+# 0.6 MB/s, so blocks of documents whose text did not change are carried over from the previous version
 TEXT_BLOCK = 4096
-COMPRESSION = 9
+QUALITY = 11
+WINDOW = 16  # log2 of Brotli's window: 64 KB holds a block whole, and its decoder needs no more
+BLOCKS_SQL = "SELECT key, offset, size FROM blocks"
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,10 @@ def passage_digests(texts: list[str]) -> np.ndarray:
 
 
 class ChunkStore:
-    """Read access to one version's chunks.sqlite through one read-only connection, shared by all threads
-    (SQLite is built serialized; reads take well under a millisecond) so that a retired version's file
-    is released as soon as the version is, not when each worker thread ends.
+    """Read access to one version's chunks.sqlite through one read-only connection, and to its text blocks
+    through one file descriptor, shared by all threads (SQLite is built serialized; reads take well under a
+    millisecond) so that a retired version's files are released as soon as the version is, not when each
+    worker thread ends.
 
     `digests` (passage digests by row) and `text_sha256` (document id -> sha256 of its text) check what
     is read; a mismatch raises IndexMismatch."""
@@ -79,10 +88,12 @@ class ChunkStore:
         self, path: Path, digests: np.ndarray | None = None, text_sha256: dict[str, str] | None = None
     ) -> None:
         self.path = path
+        self.blocks = path.with_name(BLOCKS)
         self.digests = digests
         self.text_sha256 = text_sha256 or {}
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._blocks: BinaryIO | None = None  # BLOCKS, read with pread (closed with the store when not before)
         self._ids: dict[int, str] | None = None
 
     def _query(self, sql: str, params: list[object] | tuple[object, ...] = (), rows: bool = True) -> list[Any]:
@@ -98,12 +109,31 @@ class ChunkStore:
                     f"index file {self.path} cannot be read ({exc}); rebuild with `threatqa index`"
                 ) from None
 
+    def _read(self, offset: int, size: int) -> bytes:
+        """`size` bytes of the text blocks' file from `offset`; a file cut short is refused like any other damage.
+        Read under the lock, so that close() cannot free the descriptor in the middle of a read."""
+        with self._lock:
+            try:
+                if self._blocks is None:
+                    self._blocks = open(self.blocks, "rb", buffering=0)  # noqa: SIM115 (kept open; closed by close())
+                data = os.pread(self._blocks.fileno(), size, offset)
+            except OSError as exc:
+                raise IndexMismatch(
+                    f"index file {self.blocks} cannot be read ({exc}); rebuild with `threatqa index`"
+                ) from None
+        if len(data) != size:
+            raise IndexMismatch(f"index file {self.blocks} is truncated; rebuild with `threatqa index`")
+        return data
+
     def close(self) -> None:
-        """Release the file (a retired version); a later read reopens it."""
+        """Release the files (a retired version); a later read reopens them."""
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._blocks is not None:
+                self._blocks.close()
+                self._blocks = None
 
     def _damaged(self, what: str) -> IndexMismatch:
         return IndexMismatch(f"{what} in {self.path.parent.name} does not match its checksum: the index is damaged")
@@ -123,11 +153,7 @@ class ChunkStore:
         if not found:
             raise KeyError(doc_id)
         row = found[0]
-        first = row["number"] << 32
-        blocks = self._query(
-            "SELECT text FROM texts WHERE key BETWEEN ? AND ? ORDER BY key", (first, first | 0xFFFFFFFF), rows=False
-        )
-        text = "".join(self._text(block[0]) for block in blocks)
+        text = "".join(self._text(block) for block in self._stored(row["number"]))
         expected = self.text_sha256.get(doc_id)
         if expected is not None and passage_sha256(text) != expected:
             raise self._damaged(f"the text of document {row['path']}")
@@ -144,18 +170,9 @@ class ChunkStore:
             return []
         query = f"SELECT row, {_CHUNK_COLUMNS} FROM chunks WHERE row IN ({','.join('?' * len(rows))})"
         found = {row[0]: row[1:] for row in self._query(query, [int(r) for r in rows], rows=False)}
-        # characters wanted of each block: a block is decompressed only as far as its passages reach
-        wanted: dict[int, int] = {}
-        for r in rows:
-            number, ordinal, start, end = found[r][:4]
-            for key in _block_keys(number, ordinal, start, end):
-                reach = min(TEXT_BLOCK, end - (key - (number << 32)) * TEXT_BLOCK)
-                wanted[key] = max(wanted.get(key, 0), reach)
-        keys = sorted(wanted)
-        found_blocks = self._query(
-            f"SELECT key, text FROM texts WHERE key IN ({','.join('?' * len(keys))})", keys, rows=False
-        )
-        blocks = {key: self._text(block, wanted[key]) for key, block in found_blocks}
+        keys = sorted({key for r in rows for key in _block_keys(*found[r][:4])})
+        found_blocks = self._query(f"{BLOCKS_SQL} WHERE key IN ({','.join('?' * len(keys))})", keys, rows=False)
+        blocks = {key: self._text(self._read(offset, size)) for key, offset, size in found_blocks}
         ids, chunks = self._numbers(), []
         for r in rows:
             number, ordinal, start, end, *rest = found[r]
@@ -170,20 +187,27 @@ class ChunkStore:
             chunks.append(chunk)
         return chunks
 
-    def _text(self, block: bytes, wanted: int = TEXT_BLOCK) -> str:
-        """A stored text block's characters, at least its first `wanted` (a passage needs the block only up
-        to its end: decompressing no further saved a third of a passage read); a damaged block is refused
-        like any other damage."""
+    def _stored(self, number: int) -> list[bytes]:
+        """The text blocks of document `number` as stored (compressed), in order."""
+        first = number << 32
+        found = self._query(f"{BLOCKS_SQL} WHERE key BETWEEN ? AND ? ORDER BY key", (first, first | 0xFFFFFFFF), False)
+        if not found:
+            return []
+        start = found[0][1]  # a document's blocks lie one after the other: one read
+        data = self._read(start, found[-1][1] + found[-1][2] - start)
+        return [data[offset - start : offset - start + size] for _key, offset, size in found]
+
+    def stored_texts(self) -> dict[str, int]:
+        """sha256 of each document's text -> its document number, for write_store to carry blocks over."""
+        numbers = {doc_id: number for number, doc_id in self._numbers().items()}
+        return {sha: numbers[doc_id] for doc_id, sha in self.text_sha256.items() if doc_id in numbers}
+
+    def _text(self, block: bytes) -> str:
+        """A stored text block's characters; a damaged block is refused like any other damage. (Decompressed
+        whole: Brotli decompressing only as far as a passage reaches was no faster.)"""
         try:
-            inflate, utf8 = zlib.decompressobj(), codecs.getincrementaldecoder("utf-8")()
-            text = utf8.decode(inflate.decompress(block, wanted))  # UTF-8 takes a byte or more a character
-            while len(text) < wanted and not inflate.eof:
-                more = inflate.decompress(inflate.unconsumed_tail, 4 * (wanted - len(text))) or inflate.flush()
-                if not more:
-                    raise zlib.error("the block ends early")
-                text += utf8.decode(more)
-            return text
-        except (zlib.error, UnicodeDecodeError, TypeError) as exc:
+            return brotli.decompress(block).decode("utf-8")
+        except (brotli.error, UnicodeDecodeError) as exc:
             raise IndexMismatch(
                 f"a text block in {self.path} cannot be read ({exc}); rebuild with `threatqa index`"
             ) from None
@@ -205,14 +229,15 @@ def _block_keys(number: int, ordinal: int, start: int, end: int) -> range:
 
 
 def compress_block(text: str) -> bytes:
-    """A text block as stored: its UTF-8, zlib-compressed."""
-    return zlib.compress(text.encode("utf-8"), COMPRESSION)
+    """A text block as stored: its UTF-8, Brotli-compressed."""
+    return brotli.compress(text.encode("utf-8"), quality=QUALITY, lgwin=WINDOW)
 
 
-def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> None:
+def write_store(path: Path, documents: list[Document], chunks: list[Chunk], previous: ChunkStore | None = None) -> None:
     """Write documents and passages (rows in `chunks` order, a document's passages together) to a new
-    chunks.sqlite. Each text is stored once: documents' texts in compressed blocks of TEXT_BLOCK
-    characters, and passages as offsets into them."""
+    chunks.sqlite, and their texts to BLOCKS beside it. Each text is stored once: documents' texts in
+    compressed blocks of TEXT_BLOCK characters, and passages as offsets into them. The blocks of a text
+    `previous` (a checked version's store) holds are copied from it, not compressed again."""
     conn = sqlite3.connect(path)
     try:
         conn.executescript(
@@ -220,7 +245,7 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
             CREATE TABLE documents (number INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, path TEXT UNIQUE NOT NULL,
                 title TEXT NOT NULL, sha256 TEXT NOT NULL, date TEXT, body_start INTEGER NOT NULL, pages TEXT NOT NULL,
                 date_source TEXT, title_source TEXT, first_row INTEGER NOT NULL, passages INTEGER NOT NULL);
-            CREATE TABLE texts (key INTEGER PRIMARY KEY, text BLOB NOT NULL);
+            CREATE TABLE blocks (key INTEGER PRIMARY KEY, offset INTEGER NOT NULL, size INTEGER NOT NULL);
             CREATE TABLE chunks (row INTEGER PRIMARY KEY, doc INTEGER NOT NULL, ordinal INTEGER NOT NULL,
                 start INTEGER NOT NULL, "end" INTEGER NOT NULL, paragraph INTEGER NOT NULL,
                 paragraph_end INTEGER NOT NULL, line_start INTEGER NOT NULL, line_end INTEGER NOT NULL,
@@ -245,12 +270,7 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
             ],
         )  # fmt: skip
         conn.executemany(
-            "INSERT INTO texts VALUES (?, ?)",
-            (
-                ((number[d.id] << 32) + i // TEXT_BLOCK, compress_block(d.text[i : i + TEXT_BLOCK]))
-                for d in documents
-                for i in range(0, len(d.text), TEXT_BLOCK)
-            ),
+            "INSERT INTO blocks VALUES (?, ?, ?)", _write_blocks(path.with_name(BLOCKS), documents, previous)
         )
         conn.executemany(
             "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -263,3 +283,34 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
         conn.commit()
     finally:
         conn.close()
+
+
+def _write_blocks(path: Path, documents: list[Document], previous: ChunkStore | None) -> list[tuple[int, int, int]]:
+    """Every document's text blocks into `path`, one after the other; returns the rows of the blocks table
+    (key: document number << 32 | block number; offset; size). Blocks carried over are checked: they must
+    decompress to the text as it was read now (a few ms a MB, where compressing takes a second and more)."""
+    carried = previous.stored_texts() if previous is not None else {}
+    rows, offset = [], 0
+    with open(path, "wb") as out:
+        for n, document in enumerate(documents):
+            source = carried.get(passage_sha256(document.text))
+            blocks = _carried(previous, source, document.text) if previous is not None and source is not None else []
+            for i, block in enumerate(blocks or _blocks(document.text)):
+                out.write(block)
+                rows.append(((n << 32) + i, offset, len(block)))
+                offset += len(block)
+    return rows
+
+
+def _carried(previous: ChunkStore, number: int, text: str) -> list[bytes]:
+    """The blocks `previous` stores of its document `number`, when they decompress to `text`; else none."""
+    try:
+        blocks = previous._stored(number)
+        return blocks if "".join(brotli.decompress(b).decode("utf-8") for b in blocks) == text else []
+    except (IndexMismatch, brotli.error, UnicodeDecodeError):
+        return []
+
+
+def _blocks(text: str) -> Iterator[bytes]:
+    for i in range(0, len(text), TEXT_BLOCK):
+        yield compress_block(text[i : i + TEXT_BLOCK])
