@@ -211,7 +211,9 @@ def test_long_passages_get_wider_window_offsets(tmp_path: Path) -> None:
     assert index.windows.tolist() == [[0, 0, 70_000], [0, 70_000, 70_100], [1, 50, 150]]
 
 
-@pytest.mark.parametrize("damage", ["cut short", "garbled", "a list that is not there", "windows miscounted"])
+@pytest.mark.parametrize(
+    "damage", ["cut short", "a frame that ends early", "garbled", "a list that is not there", "windows miscounted"]
+)
 def test_damaged_dense_files_are_refused(tmp_path: Path, damage: str) -> None:
     """Damage found while the codes are read in (as when a large index opens before its checksums are done)
     is an IndexMismatch, never codes in the wrong place: a code naming a list the index lacks would have FAISS
@@ -223,6 +225,9 @@ def test_damaged_dense_files_are_refused(tmp_path: Path, damage: str) -> None:
     data = path.read_bytes()
     if damage == "cut short":
         path.write_bytes(data[: len(data) // 2])
+    elif damage == "a frame that ends early":  # its size says so, but its stream stops half way
+        half = data[4 : 4 + (len(data) - 4) // 2]
+        path.write_bytes(len(half).to_bytes(4, "little") + half)
     elif damage == "garbled":
         path.write_bytes(data[:4] + b"not brotli" + data[14:])
     elif damage == "a list that is not there":

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import struct
 import sys
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -501,10 +503,12 @@ def _narrow(values: np.ndarray) -> np.ndarray:
 # about their entropy: 6-bit residual codes of real window vectors (all-MiniLM-L6, 19k windows of prose)
 # carry 4.6 bits a component and took 222 bytes a window instead of 288 packed (clustered synthetic vectors:
 # 5.0 bits, 240 bytes); 8-bit codes of real vectors on the lattice, 182 instead of 384. Quality 1 compressed
-# smaller than 3 or 5, and fastest (0.6 s for 260k windows). The price is at opening: decompressing and
-# packing them took open_index from 0.24 to 0.85 s at 98k passages (260k windows; 2 shared cores)
+# smaller than 3 or 5, and fastest (0.6 s for 260k windows). The price is at opening: reading them in took
+# 0.5-0.6 s at 98k passages (260k windows, 2 threads), so open_index 0.6-1.1 s instead of 0.24 (2 cores
+# shared with other jobs)
 CODE_FRAME = 1 << 14
 CODE_QUALITY = 1
+CODE_THREADS = min(4, os.cpu_count() or 1)
 
 
 def write_codes(index: Any, path: Path) -> None:
@@ -524,26 +528,29 @@ def write_codes(index: Any, path: Path) -> None:
 
 def read_codes(index: Any, path: Path) -> None:
     """Add the codes `write_codes` wrote to the (empty) index; damage raises ValueError or brotli.error.
-    A frame is packed (compiled, outside the GIL) on another thread while the next is decompressed (Brotli
-    holds the GIL): open_index took 0.85 s instead of 1.1 at 260k windows."""
-    coarse = _coarse_bytes(index)
-    with open(path, "rb") as handle, ThreadPoolExecutor(1, thread_name_prefix="threatqa-codes") as packer:
-        pending = None
+    Frames are decompressed and packed on CODE_THREADS threads (both run outside the GIL), and added in
+    order: 0.52-0.57 s for 260k windows, 0.88-1.0 s on one thread (2 cores)."""
+    coarse, pending = _coarse_bytes(index), deque()  # type: ignore[var-annotated]
+    with open(path, "rb") as handle, ThreadPoolExecutor(CODE_THREADS, thread_name_prefix="threatqa-codes") as pool:
         while head := handle.read(4):
             size = struct.unpack("<I", head)[0] if len(head) == 4 else -1
             data = handle.read(max(size, 0))
             if len(data) != size:
                 raise ValueError(f"{path.name} is cut short")
-            records = np.frombuffer(brotli.decompress(data), dtype=np.uint8).reshape(-1, coarse + index.d)
-            if pending is not None:
-                index.add_sa_codes(pending.result())
-            pending = packer.submit(_packed, index, records, coarse)
-        if pending is not None:
-            index.add_sa_codes(pending.result())
+            pending.append(pool.submit(_packed, index, data, coarse))
+            if len(pending) > CODE_THREADS:  # a few frames in memory at a time
+                index.add_sa_codes(pending.popleft().result())
+        while pending:
+            index.add_sa_codes(pending.popleft().result())
 
 
-def _packed(index: Any, records: np.ndarray, coarse: int) -> np.ndarray:
-    """Standalone codes from records of `write_codes` (the list number, then a byte a component)."""
+def _packed(index: Any, frame: bytes, coarse: int) -> np.ndarray:
+    """A frame of `write_codes` as standalone codes (its records: the list number, then a byte a component)."""
+    inflate = brotli.Decompressor()  # a Decompressor releases the GIL, brotli.decompress does not
+    data = inflate.process(frame)
+    if not inflate.is_finished():
+        raise ValueError("a frame of the codes ends early")
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, coarse + index.d)
     codes = np.empty((len(records), index.sa_code_size()), dtype=np.uint8)
     codes[:, :coarse] = records[:, :coarse]
     _pack_bits(records[:, coarse:], index.sq.bits, codes[:, coarse:])
