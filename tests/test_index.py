@@ -361,3 +361,26 @@ def test_term_vectors_are_int8_and_read_back_within_2e3(tmp_path: Path, docs: Pa
     again.mkdir()
     terms.save(again)  # what an incremental build carries over is saved unchanged
     np.testing.assert_array_equal(np.load(again / "terms.npy"), np.load(index.folder / "terms.npy"))
+
+
+def test_text_blocks_made_beside_the_build_are_the_stored_ones_and_stop_when_told(tmp_path: Path) -> None:
+    import threading
+
+    import brotli
+
+    from threatqa.ingest import load_documents
+    from threatqa.store import TEXT_BLOCK, text_blocks
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "long.txt").write_text("\n\n".join(f"Paragraph {i} on cocaine routes and ports." for i in range(400)))
+    documents = load_documents(docs, 10)
+    made = text_blocks(documents)
+    assert [len(b) for b in made] == [-(-len(d.text) // TEXT_BLOCK) for d in documents]
+    assert "".join(brotli.decompress(b).decode() for b in made[0]) == documents[0].text
+    stop = threading.Event()
+    stop.set()
+    assert text_blocks(documents, stop=stop) == [], "a stopped build's blocks are not made"
+    build_index(docs, tmp_path / "index", None, warn=lambda m: None)  # lexical: the blocks are all there is to wait for
+    index = open_index(tmp_path / "index")
+    assert index.store.document(documents[0].id).text == documents[0].text
