@@ -33,12 +33,18 @@ def old_append(path: Path, seq: int, kind: str, question: str, payload: dict, us
     return digest
 
 
+def _scratch(settings: Settings, tmp_path: Path, name: str) -> tuple[Engine, Path]:
+    """An engine answering into a scratch log, and the path of a log to write the old way (folder made)."""
+    engine = Engine.start(settings.model_copy(update={"audit": tmp_path / "scratch.sqlite3"}), log=lambda m: None)
+    path = tmp_path / name / "audit.sqlite3"
+    path.parent.mkdir()
+    return engine, path
+
+
 @pytest.fixture()
 def old_log(settings: Settings, tmp_path: Path) -> tuple[Path, list[dict], Checkpoint]:
     """A log of three answers and a feedback, written the old way, with real answer payloads."""
-    engine = Engine.start(settings.model_copy(update={"audit": tmp_path / "scratch.sqlite3"}), log=lambda m: None)
-    path = tmp_path / "old" / "audit.sqlite3"
-    path.parent.mkdir()
+    engine, path = _scratch(settings, tmp_path, "old")
     payloads = []
     for seq, question in enumerate([*QUESTIONS, QUESTIONS[0]], start=1):
         answer = engine.ask(question, k=5)
@@ -123,9 +129,7 @@ def _payloads(engine: Engine) -> list[tuple[str, str, dict]]:
 @pytest.fixture()
 def keyed_log(settings: Settings, tmp_path: Path) -> tuple[Path, list[dict], Checkpoint]:
     """A keyed log of layout 0 (hexadecimal digests, texts by name), as the code at aeb43bd wrote it."""
-    engine = Engine.start(settings.model_copy(update={"audit": tmp_path / "scratch.sqlite3"}), log=lambda m: None)
-    path = tmp_path / "keyed" / "audit.sqlite3"
-    path.parent.mkdir()
+    engine, path = _scratch(settings, tmp_path, "keyed")
     key = create_key(default_key_path(path))
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(KEYED_SCHEMA)
