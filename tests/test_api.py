@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from threatqa.api import Gate, create_app
+from threatqa.api import PROGRESS_POLL_S, QUEUE_POLL_S, Busy, Gate, create_app
 from threatqa.config import Settings
 from threatqa.engine import Engine
 
@@ -49,6 +50,15 @@ def test_ask_returns_the_ask_json_object(client: TestClient, engine: Engine) -> 
     assert "59,000 people" in body["passages"][0]["text"]
     assert body["passages"][0]["reference"].startswith("NCA annual assessment speech 2023-07-17")
     assert body["index_version"] == engine.status().index_version
+
+
+def test_ask_json_is_the_answers_json_as_logged(client: TestClient, engine: Engine) -> None:
+    body = client.post("/api/ask", json={"question": QUESTION, "k": 3}).json()
+    record = engine.audit.get(body["id"])
+    assert record is not None
+    assert body == {key: value for key, value in record.payload.items() if key != "settings"}
+    again = engine.ask(QUESTION, 3).to_json()
+    assert body | {"id": again["id"]} == again  # the object `ask(...).to_json()` makes: only the record id differs
 
 
 def test_ask_restricted_to_documents(client: TestClient, engine: Engine) -> None:
@@ -133,8 +143,8 @@ def test_header_auth_takes_the_user_from_the_portal_proxy(
     assert refused.status_code == 401
     assert "X-Portal-User" in refused.json()["detail"]
     users = []
-    ask = engine.ask
-    monkeypatch.setattr(engine, "ask", lambda *a, **kw: users.append(kw["access"].user) or ask(*a, **kw))
+    ask = engine.ask_json
+    monkeypatch.setattr(engine, "ask_json", lambda *a, **kw: users.append(kw["access"].user) or ask(*a, **kw))
     response = client.post("/api/ask", json={"question": QUESTION}, headers={"X-Portal-User": "alice"})
     assert response.status_code == 200
     assert users == ["alice"]
@@ -189,11 +199,50 @@ def test_busy_when_the_queue_is_full(client_for: Callable[..., TestClient]) -> N
     assert client.post("/api/ask", json={"question": QUESTION}).status_code == 200
 
 
+def test_gate_run_refuses_at_once_when_full_and_gives_places_back() -> None:
+    gate = Gate(workers=1, queue_size=1)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        release.wait(10)
+        return "held"
+
+    async def scenario() -> None:
+        running = asyncio.create_task(gate.run(hold))
+        await asyncio.to_thread(started.wait, 10)
+        waiting = asyncio.create_task(gate.run(lambda: "waited"))  # takes the one place in line
+        for _ in range(500):
+            if gate.taken == 2:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(Busy):
+            await gate.run(lambda: "refused")
+        running.cancel()  # the request that waits goes away: its work still ends, and gives its place back
+        release.set()
+        assert await waiting == "waited"
+        for _ in range(500):
+            if gate.taken == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert gate.taken == 0
+        assert await gate.run(lambda: 42) == 42
+
+    asyncio.run(scenario())
+
+
+def test_gradio_queue_polls_at_the_set_rate(client: TestClient) -> None:
+    mounted = [route.app for route in client.app.routes if hasattr(getattr(route, "app", None), "blocks")]  # type: ignore[attr-defined]
+    queue = mounted[0].blocks._queue
+    # private attributes of Gradio's queue: an upgrade that renames them fails here, not silently
+    assert (queue.sleep_when_free, queue.progress_update_sleep_when_free) == (QUEUE_POLL_S, PROGRESS_POLL_S)
+
+
 def test_errors_carry_no_traceback_or_path(client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("/secret/path/engine.py exploded")
 
-    monkeypatch.setattr(engine, "ask", boom)
+    monkeypatch.setattr(engine, "ask_json", boom)
     client = TestClient(client.app, raise_server_exceptions=False)
     response = client.post("/api/ask", json={"question": QUESTION})
     assert response.status_code == 500

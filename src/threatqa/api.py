@@ -7,14 +7,16 @@ access (auth none / token / trusted header), CORS for the configured origins onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs
 
 # before gradio is imported: no usage analytics, no version check against the internet
@@ -43,6 +45,7 @@ from threatqa.ui import BUSY_TEXT, CSS, HEAD, build_ui, theme
 from threatqa.verify import answers_from_json, verify_answers
 
 log = logging.getLogger("threatqa.api")
+T = TypeVar("T")
 
 
 class Busy(ThreatQAError):
@@ -62,24 +65,57 @@ class Gate:
         self._taken = 0
         self._lock = threading.Lock()
         self._running = threading.BoundedSemaphore(workers)
+        # the API's questions run on threads of the gate's own, one for each place, handed over by the event
+        # loop directly: anyio's thread pool (FastAPI's for a plain `def` route) took 0.3-0.5 ms more a
+        # question on 2 cores (benchmarks/query.py, /api/ask p50 against Engine.ask inside the route)
+        self._threads: ThreadPoolExecutor | None = None
 
     @property
     def taken(self) -> int:
         """Questions running or waiting now."""
         return self._taken
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
+    def _enter(self) -> None:
         with self._lock:
             if self._taken >= self.capacity:
                 raise Busy()
             self._taken += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._taken -= 1
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Run the block in a slot (waiting for one in line); Busy at once when the line is full."""
+        self._enter()
         try:
             with self._running:
                 yield
         finally:
+            self._leave()
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """`work()` in a slot, on one of the gate's threads; Busy at once when the line is full. The place is
+        given back by the thread when the work ends, even if the awaiting request is gone by then."""
+
+        def in_slot() -> T:
+            try:
+                with self._running:
+                    return work()
+            finally:
+                self._leave()
+
+        self._enter()
+        try:
             with self._lock:
-                self._taken -= 1
+                if self._threads is None:
+                    self._threads = ThreadPoolExecutor(self.capacity, thread_name_prefix="threatqa-question")
+            future = asyncio.get_running_loop().run_in_executor(self._threads, in_slot)
+        except BaseException:
+            self._leave()
+            raise
+        return await future
 
 
 class AskRequest(BaseModel):
@@ -117,6 +153,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware, frame_ancestors=settings.frame_ancestors)
     blocks = build_ui(engine, settings, gate)
     blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
+    # Gradio's queue looks for new UI events every 1 ms while it has none (and for progress every 10 ms): a
+    # thousand wakeups a second of the event loop, 6% of a core on an idle 2-core server (a UI event now
+    # waits at most QUEUE_POLL_S to start)
+    blocks._queue.sleep_when_free = QUEUE_POLL_S
+    blocks._queue.progress_update_sleep_when_free = PROGRESS_POLL_S
     blocks.state_session_capacity = settings.ui_sessions  # per-session UI state is kept for this many sessions
     return gr.mount_gradio_app(
         app, blocks, path="/", root_path=settings.root_path or None, show_error=False, theme=theme(), css=CSS,
@@ -127,6 +168,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
 
 UPLOAD_LIMIT = 1024  # bytes
+QUEUE_POLL_S = 0.02  # how often Gradio's queue looks for new UI events when it has none
+PROGRESS_POLL_S = 0.1  # and for progress updates (the UI reports none)
 MAX_VERIFY_CITATIONS = 200  # citations checked in one /api/verify request
 
 
@@ -140,15 +183,19 @@ def _private_paths(settings: Settings, engine: Engine) -> list[str]:
 
 def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) -> None:
     @app.post("/api/ask", response_model=None)
-    def ask(body: AskRequest, request: Request) -> Response:
+    async def ask(body: AskRequest, request: Request) -> Response:
         """Answer a question: the same object as `threatqa ask --json`."""
         access = request_access(settings, request.headers)
         engine.check_request(body.question, body.k, body.documents, access=access)  # before waiting for a slot
-        with gate.slot():
-            answer = engine.ask(body.question, body.k, body.documents or None, channel="api", access=access)
-        # already plain JSON types: sent as it is, not walked again by FastAPI's encoder (0.5 ms an answer), and
-        # written by orjson (0.01 ms for an answer citing 5 passages of 1,000 documents searched; json 0.17 ms)
-        return Response(orjson.dumps(answer.to_json()), media_type="application/json")
+
+        def answer() -> bytes:
+            # already plain JSON types (the object the audit record was made of): written by orjson (0.01 ms
+            # for an answer citing 5 passages of 1,000 documents searched; json 0.17 ms), not walked again
+            # by FastAPI's encoder (0.5 ms an answer)
+            found = engine.ask_json(body.question, body.k, body.documents or None, channel="api", access=access)
+            return orjson.dumps(found)
+
+        return Response(await gate.run(answer), media_type="application/json")
 
     @app.post("/api/verify")
     def verify(request: Request, body: dict[str, Any] | list[Any] = Body(...)) -> Any:

@@ -62,8 +62,11 @@ def encode(payload: dict[str, Any], question: str, record_id: str) -> Lean | Non
             if key == "passages" or (key, value) in (("question", question), ("id", record_id)):
                 continue
             text = dumps(value)
+            if len(text) > INLINE_LIMIT:  # stored as it is: never parsed back here
+                fields[key] = {REF: stored(text)}
+                continue
             inline = json.loads(text)
-            fields[key] = {REF: stored(text)} if len(text) > INLINE_LIMIT or _is_ref(inline) else inline
+            fields[key] = {REF: stored(text)} if _is_ref(inline) else inline
         body: dict[str, Any] = {"f": fields, "q": "question" in payload, "i": "id" in payload}
         if "passages" in payload:
             body["p"] = _encode_passages(payload, stored)

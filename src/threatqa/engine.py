@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from threatqa.answer import Answer, answer_from_json, build_answer, collapse
 from threatqa.audit import AuditLog, AuditRecord
@@ -238,6 +239,31 @@ class Engine:
 
         Raises QuestionError for a request outside the limits (`check_request`) and AuditError when
         the record cannot be written: no answer goes out unrecorded."""
+        return self._ask(question, k, documents, user, channel, access)[0]
+
+    def ask_json(
+        self,
+        question: str,
+        k: int | None = None,
+        documents: list[str] | None = None,
+        user: str | None = None,
+        channel: str = "cli",
+        access: Access | None = None,
+    ) -> dict[str, Any]:
+        """`ask(...).to_json()`, without making it a second time (it is made once for the audit record)."""
+        payload = self._ask(question, k, documents, user, channel, access)[1]
+        return {key: value for key, value in payload.items() if key != "settings"}
+
+    def _ask(
+        self,
+        question: str,
+        k: int | None = None,
+        documents: list[str] | None = None,
+        user: str | None = None,
+        channel: str = "cli",
+        access: Access | None = None,
+    ) -> tuple[Answer, dict[str, Any]]:
+        """`ask`: the answer and the payload of its audit record (`Answer.to_json()` and its settings)."""
         for attempt in range(2):
             self.reload()
             live = self._live  # one consistent index version for the whole answer
@@ -256,7 +282,7 @@ class Engine:
         payload = answer.to_json() | {"settings": settings}
         user = user if user is not None or access is None else access.user
         self.audit.append("answer", answer.question, payload, user=user, channel=channel, record_id=answer.id)
-        return answer
+        return answer, payload
 
     def _answer(
         self, live: _Live, question: str, k: int | None, documents: list[str] | None, access: Access | None = None
