@@ -13,7 +13,7 @@ server: uvicorn on a loopback port in this process, one kept-alive HTTP connecti
 portal's proxy holds it (an empty GET /api/health round trip on it is timed too, the floor of
 any route). Each is timed with the index in the page cache (its files are read through once, as
 a running server's have been) and after a pass over other questions (nothing caches answers).
-Bare, search + answer and /api/ask are timed in turn on each question, three rounds over, so
+Bare, search + answer, `Engine.ask` and /api/ask are timed in turn on each question, three rounds over, so
 their ratios (the goals: search + answer <= 1.3x bare, /api/ask <= 1.5x search + answer) compare
 like with like even when the machine's speed drifts. --keep DIR keeps the built corpora for
 reruns.
@@ -156,6 +156,7 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
         timed = time_interleaved({
             "bare": lambda q: index.dense.search(embedder.encode_query(q), 10),
             "answer": answer,
+            "ask": lambda q: engine.ask(q, channel="api"),
             "api": lambda q: call(connection, "POST", "/api/ask", {"question": q}),
         }, questions)  # fmt: skip
         result["health"] = percentiles(time_calls(lambda q: call(connection, "GET", "/api/health"), questions))
@@ -163,7 +164,6 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
     result["embed"] = percentiles(time_calls(embedder.encode_query, questions))
     result["lexical"] = percentiles(time_calls(lambda q: index.lexical.search(q, 50), questions))
     result["search"] = percentiles(time_calls(lambda q: retriever.search(q, 5), questions))
-    result["ask"] = percentiles(time_calls(lambda q: engine.ask(q), questions))
     result["rss_mb"] = peak_rss_mb()
     result["index_mb"] = folder_mb(folder / "index")
     return result

@@ -446,6 +446,21 @@ def test_the_lean_form_never_changes_a_payload(name: str) -> None:
                                            "copies of their own"))  # fmt: skip
 
 
+def test_long_lists_seen_again_come_back_exactly() -> None:
+    """The JSON of the last long list of texts is remembered (a `searched` list repeats from one answer to
+    the next): lists equal in Python but not in JSON (1 == 1.0 == True) and changed lists are written anew."""
+    paths = [f"reports/report-{i:04d}.txt" for i in range(40)]
+    sequence = [paths, list(paths), [*paths[:-1], "other.txt"], [1] * 40, [1.0] * 40, [True] * 40, list(paths),
+                [*paths[:20], 7, *paths[21:]]]  # fmt: skip
+    for searched in sequence:
+        payload = {"searched": searched, "passages": []}
+        lean = encode(payload, "q", "rid")
+        assert lean is not None
+        back = decode(lean.body, lean.texts.__getitem__, "q", "rid")
+        assert json.dumps(back) == json.dumps(payload)
+        assert all(name == hashlib.sha256(text.encode()).hexdigest() for name, text in lean.texts.items())
+
+
 def test_copies_are_stored_as_rows_unless_they_would_not_come_back() -> None:
     """A passage's other copies (`also_in`) name their documents like passages and keep only their own
     fields; copies with fields of their own, another text, or not a list are kept as they are."""

@@ -47,12 +47,39 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+class _Recent:
+    """The JSON and SHA-256 of the list of texts last stored: an answer's list of the documents searched is
+    most often the previous answer's (at 100k passages 1,000 paths, whose JSON and hash took 0.3 ms an
+    answer on 2 cores, and ten times that at 1M). Found by equality, which is quick on a copy of the same
+    list (its items are the same objects); only lists of texts, whose JSON equal lists share."""
+
+    def __init__(self) -> None:
+        self._last: tuple[list[str], str, str] = ([], "[]", sha256_text("[]"))
+
+    def dumps(self, value: Any) -> str:
+        last = self._last  # one read: another thread may replace it meanwhile
+        if type(value) is list and len(value) >= RECENT_MIN and last[0] == value:
+            return last[1]
+        text = dumps(value)
+        if type(value) is list and len(value) >= RECENT_MIN and all(type(item) is str for item in value):
+            self._last = (list(value), text, sha256_text(text))
+        return text
+
+    def sha256(self, text: str) -> str:
+        last = self._last
+        return last[2] if text is last[1] else sha256_text(text)
+
+
+RECENT_MIN = 16  # items of a list worth remembering
+_recent = _Recent()
+
+
 def encode(payload: dict[str, Any], question: str, record_id: str) -> Lean | None:
     """The lean form of `payload`, or None when it would not decode to the same payload."""
     texts: dict[str, str] = {}
 
     def stored(text: str) -> str:
-        digest = sha256_text(text)
+        digest = _recent.sha256(text)
         texts[digest] = text
         return digest
 
@@ -61,7 +88,7 @@ def encode(payload: dict[str, Any], question: str, record_id: str) -> Lean | Non
         for key, value in payload.items():
             if key == "passages" or (key, value) in (("question", question), ("id", record_id)):
                 continue
-            text = dumps(value)
+            text = _recent.dumps(value)
             if len(text) > INLINE_LIMIT:  # stored as it is: never parsed back here
                 fields[key] = {REF: stored(text)}
                 continue

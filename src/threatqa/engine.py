@@ -101,6 +101,9 @@ class Engine:
         self._policy_file = policy_path(settings.docs, settings.policy)
         self._labelled: _Labelled | None = None
         self._policy_lock = threading.Lock()
+        # the paths of all the documents a question may search, and the documents they are of: an unfiltered
+        # question at 1M passages searches 10,000 documents, and their list was made anew for each answer
+        self._searched: tuple[dict[str, DocumentInfo], tuple[str, ...]] | None = None
 
     @classmethod
     def start(cls, settings: Settings, build: str = "missing", log: Callable[[str], None] = _stderr) -> Engine:
@@ -305,12 +308,21 @@ class Engine:
                 break
             fetch = min(fetch * k // max(1, distinct) + k, 4 * MAX_K)
             result = retriever.search(question, fetch, documents, subset, distinct=text)
-        searched = tuple(d.path for d in docs.values() if not documents or d.id in documents or d.path in documents)
+        searched = self._searched_paths(docs, documents)
         model = retriever.index.manifest.model if retriever.embedder else None
         result = replace(result, notices=result.notices + live.notices)
         answer = build_answer(result.question, result, docs, retriever.index.version, model, searched, limit=k,
                               labels=state.labels)  # fmt: skip
         return replace(answer, id=uuid.uuid4().hex), k
+
+    def _searched_paths(self, docs: dict[str, DocumentInfo], documents: list[str] | None) -> tuple[str, ...]:
+        """The paths of the documents searched: those of `docs` that `documents` names (None: all)."""
+        if documents:
+            return tuple(d.path for d in docs.values() if d.id in documents or d.path in documents)
+        known = self._searched
+        if known is None or known[0] is not docs:  # the same dict while the index version and policy stay
+            known = self._searched = (docs, tuple(d.path for d in docs.values()))
+        return known[1]
 
     def check_request(
         self,
