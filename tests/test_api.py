@@ -218,7 +218,7 @@ def test_gate_run_refuses_at_once_when_full_and_gives_places_back() -> None:
             await asyncio.sleep(0.01)
         with pytest.raises(Busy):
             await gate.run(lambda: "refused")
-        running.cancel()  # the request that waits goes away: its work still ends, and gives its place back
+        running.cancel()  # its request goes away: the question still ends, and frees its place
         release.set()
         assert await waiting == "waited"
         for _ in range(500):

@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -186,7 +187,12 @@ def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) ->
     async def ask(body: AskRequest, request: Request) -> Response:
         """Answer a question: the same object as `threatqa ask --json`."""
         access = request_access(settings, request.headers)
-        engine.check_request(body.question, body.k, body.documents, access=access)  # before waiting for a slot
+        # checked before waiting for a slot; a document filter is checked against the documents the user may
+        # read, which may have to be worked out first: not on the event loop
+        if body.documents is None:
+            engine.check_request(body.question, body.k, access=access)
+        else:
+            await run_in_threadpool(engine.check_request, body.question, body.k, body.documents, access=access)
 
         def answer() -> bytes:
             # already plain JSON types (the object the audit record was made of): written by orjson (0.01 ms
