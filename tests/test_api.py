@@ -52,7 +52,7 @@ def test_ask_returns_the_ask_json_object(client: TestClient, engine: Engine) -> 
     assert body["index_version"] == engine.status().index_version
 
 
-def test_ask_json_is_the_answers_json_as_logged(client: TestClient, engine: Engine) -> None:
+def test_ask_sends_the_answers_json_as_logged(client: TestClient, engine: Engine) -> None:
     body = client.post("/api/ask", json={"question": QUESTION, "k": 3}).json()
     record = engine.audit.get(body["id"])
     assert record is not None
@@ -143,8 +143,8 @@ def test_header_auth_takes_the_user_from_the_portal_proxy(
     assert refused.status_code == 401
     assert "X-Portal-User" in refused.json()["detail"]
     users = []
-    ask = engine.ask_json
-    monkeypatch.setattr(engine, "ask_json", lambda *a, **kw: users.append(kw["access"].user) or ask(*a, **kw))
+    ask = engine.ask_logged
+    monkeypatch.setattr(engine, "ask_logged", lambda *a, **kw: users.append(kw["access"].user) or ask(*a, **kw))
     response = client.post("/api/ask", json={"question": QUESTION}, headers={"X-Portal-User": "alice"})
     assert response.status_code == 200
     assert users == ["alice"]
@@ -242,7 +242,7 @@ def test_errors_carry_no_traceback_or_path(client: TestClient, engine: Engine, m
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("/secret/path/engine.py exploded")
 
-    monkeypatch.setattr(engine, "ask_json", boom)
+    monkeypatch.setattr(engine, "ask_logged", boom)
     client = TestClient(client.app, raise_server_exceptions=False)
     response = client.post("/api/ask", json={"question": QUESTION})
     assert response.status_code == 500

@@ -198,7 +198,7 @@ def _add_routes(app: FastAPI, settings: Settings, engine: Engine, gate: Gate) ->
             # already plain JSON types (the object the audit record was made of): written by orjson (0.01 ms
             # for an answer citing 5 passages of 1,000 documents searched; json 0.17 ms), not walked again
             # by FastAPI's encoder (0.5 ms an answer)
-            found = engine.ask_json(body.question, body.k, body.documents or None, channel="api", access=access)
+            _, found = engine.ask_logged(body.question, body.k, body.documents or None, channel="api", access=access)
             return orjson.dumps(found)
 
         return Response(await gate.run(answer), media_type="application/json")

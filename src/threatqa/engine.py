@@ -242,22 +242,9 @@ class Engine:
 
         Raises QuestionError for a request outside the limits (`check_request`) and AuditError when
         the record cannot be written: no answer goes out unrecorded."""
-        return self._ask(question, k, documents, user, channel, access)[0]
+        return self.ask_logged(question, k, documents, user, channel, access)[0]
 
-    def ask_json(
-        self,
-        question: str,
-        k: int | None = None,
-        documents: list[str] | None = None,
-        user: str | None = None,
-        channel: str = "cli",
-        access: Access | None = None,
-    ) -> dict[str, Any]:
-        """`ask(...).to_json()`, without making it a second time (it is made once for the audit record)."""
-        payload = self._ask(question, k, documents, user, channel, access)[1]
-        return {key: value for key, value in payload.items() if key != "settings"}
-
-    def _ask(
+    def ask_logged(
         self,
         question: str,
         k: int | None = None,
@@ -266,7 +253,7 @@ class Engine:
         channel: str = "cli",
         access: Access | None = None,
     ) -> tuple[Answer, dict[str, Any]]:
-        """`ask`: the answer and the payload of its audit record (`Answer.to_json()` and its settings)."""
+        """`ask`, and the answer's JSON (`Answer.to_json()`), made once for its audit record."""
         for attempt in range(2):
             self.reload()
             live = self._live  # one consistent index version for the whole answer
@@ -285,7 +272,7 @@ class Engine:
         payload = answer.to_json() | {"settings": settings}
         user = user if user is not None or access is None else access.user
         self.audit.append("answer", answer.question, payload, user=user, channel=channel, record_id=answer.id)
-        return answer, payload
+        return answer, {key: value for key, value in payload.items() if key != "settings"}
 
     def _answer(
         self, live: _Live, question: str, k: int | None, documents: list[str] | None, access: Access | None = None
