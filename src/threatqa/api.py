@@ -69,7 +69,8 @@ class Gate:
         # the API's questions run on threads of the gate's own, one for each place, handed over by the event
         # loop directly: anyio's thread pool (FastAPI's for a plain `def` route) took 0.3-0.5 ms more a
         # question on 2 cores (benchmarks/query.py, /api/ask p50 against Engine.ask inside the route)
-        self._threads: ThreadPoolExecutor | None = None
+        # (a pool starts its threads only as work comes)
+        self._threads = ThreadPoolExecutor(self.capacity, thread_name_prefix="threatqa-question")
 
     @property
     def taken(self) -> int:
@@ -109,9 +110,6 @@ class Gate:
 
         self._enter()
         try:
-            with self._lock:
-                if self._threads is None:
-                    self._threads = ThreadPoolExecutor(self.capacity, thread_name_prefix="threatqa-question")
             future = asyncio.get_running_loop().run_in_executor(self._threads, in_slot)
         except BaseException:
             self._leave()
