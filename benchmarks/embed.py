@@ -54,13 +54,14 @@ def model_costs(n: int) -> None:
     )
 
 
-def build_throughput(n: int, rounds: int) -> None:
+def build_rates(n: int, rounds: int) -> tuple[str, list[dict[str, object]]]:
     """build_index on a docs folder of n passages vs bare encode of exactly the passages it embeds,
     timed in turn `rounds` times (a full build into a new folder each time); medians compared, as
-    a single timing of PyTorch on this machine varies by up to 20% from run to run."""
+    a single timing of PyTorch on this machine varies by up to 20% from run to run. Returns the
+    weights used and, per backend, the figures."""
     path = bundled_model_folder() or build_model("all-MiniLM-L6-v2", MODELS)
     weights = "real weights" if path == bundled_model_folder() else "random weights"
-    rows = []
+    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         docs = Path(tmp) / "docs"
         docs.mkdir()
@@ -91,13 +92,23 @@ def build_throughput(n: int, rounds: int) -> None:
                 bare(embedded, batch_size=32)
                 bare_times.append(time.perf_counter() - t)
             # the same texts (the passages' windows) through the whole build and through bare encoding
-            build_rate = len(embedded) / statistics.median(build_times)
-            bare_rate = len(embedded) / statistics.median(bare_times)
-            label = "model.encode (sentence-transformers)" if backend == "torch" else "OnnxEmbedder.encode_documents"
-            spread = max(bare_times) / min(bare_times) - 1
-            text_chars = sum(len(t) for t in texts)
-            rows.append([backend, report.passages, f"{sum(map(len, embedded)) / text_chars:.2f}", build_rate, label,
-                         bare_rate, f"{spread:.0%}", build_rate / bare_rate])  # fmt: skip
+            rows.append({
+                "backend": backend, "passages": report.passages, "documents": report.documents,
+                "embedded_chars": sum(map(len, embedded)), "text_chars": sum(len(t) for t in texts),
+                "texts": len(embedded), "build_s": statistics.median(build_times),
+                "bare_s": statistics.median(bare_times), "spread": max(bare_times) / min(bare_times) - 1,
+            })  # fmt: skip
+    return weights, rows
+
+
+def build_throughput(n: int, rounds: int) -> None:
+    weights, figures = build_rates(n, rounds)
+    rows = []
+    for f in figures:
+        build_rate, bare_rate = f["texts"] / f["build_s"], f["texts"] / f["bare_s"]  # type: ignore[operator]
+        label = "model.encode (sentence-transformers)" if f["backend"] == "torch" else "OnnxEmbedder.encode_documents"
+        rows.append([f["backend"], f["passages"], f"{f['embedded_chars'] / f['text_chars']:.2f}", build_rate,  # type: ignore[operator]
+                     label, bare_rate, f"{f['spread']:.0%}", build_rate / bare_rate])  # fmt: skip
     table(
         f"Index build throughput, all-MiniLM-L6-v2 ({weights}), {n} generated passages (chunk -> embed -> BM25 "
         f"-> FAISS), median of {rounds} rounds, each side in turn",

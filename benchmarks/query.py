@@ -9,11 +9,13 @@ Then a fresh process opens the index as the server does and times, over real que
 bare (one query embedding + one FAISS search), the lexical search alone, `Retriever.search`,
 search + answer (the cited answer as `Engine.ask` builds it: the issue's "embedding + search +
 fusion + formatting"), `Engine.ask` (plus the audit record), and POST /api/ask through a real
-server: uvicorn on a loopback port in this process, one kept-alive HTTP connection, as a
-portal's proxy holds it (an empty GET /api/health round trip on it is timed too, the floor of
-any route). Each is timed with the index in the page cache (its files are read through once, as
-a running server's have been) and after a pass over other questions (nothing caches answers).
-Bare, search + answer, `Engine.ask` and /api/ask are timed in turn on each question, three rounds over, so
+server, one kept-alive HTTP connection, as a portal's proxy holds it: the app (`create_app`) served
+by uvicorn in a process of its own on a loopback port, as deployed, and the same app served in a
+thread of this process, where the client shares the interpreter lock with the server (an empty
+GET /api/health round trip on the server process is timed too, the floor of any route). Each is
+timed with the index in the page cache (its files are read through once, as a running server's
+have been) and after a pass over other questions (nothing caches answers). Bare, search +
+answer, `Engine.ask` and both /api/ask are timed in turn on each question, three rounds over, so
 their ratios (the goals: search + answer <= 1.3x bare, /api/ask <= 1.5x search + answer) compare
 like with like even when the machine's speed drifts. --keep DIR keeps the built corpora for
 reruns.
@@ -112,6 +114,32 @@ def http_server(app: object) -> Iterator[http.client.HTTPConnection]:
         thread.join(10)
 
 
+@contextlib.contextmanager
+def server_process(folder: Path, model: str) -> Iterator[http.client.HTTPConnection]:
+    """The app over `folder` served by uvicorn in a process of its own (this script with --http), and a
+    kept-alive connection to it once it answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    child = subprocess.Popen([sys.executable, __file__, "--http", str(folder), "--model", model, "--port", str(port)])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        for _ in range(1200):
+            try:
+                call(connection, "GET", "/api/health")
+                break
+            except OSError:
+                if child.poll() is not None:
+                    raise RuntimeError(f"the server process ended ({child.returncode})") from None
+                connection.close()
+                time.sleep(0.1)
+        yield connection
+    finally:
+        connection.close()
+        child.terminate()
+        child.wait(30)
+
+
 def call(connection: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> bytes:
     """One request on the kept connection; the whole response body, read (as a client would)."""
     payload = json.dumps(body).encode() if body is not None else None
@@ -123,17 +151,34 @@ def call(connection: http.client.HTTPConnection, method: str, path: str, body: d
     return data
 
 
+def open_engine(folder: Path, model: str, audit: str) -> tuple[object, object]:
+    """Settings and an engine over the corpus in `folder`, as the server opens them (no build)."""
+    from threatqa.config import Settings
+    from threatqa.engine import Engine
+
+    settings = Settings.load(docs=folder / "docs", index=folder / "index", audit=folder / audit, model=model,
+                             backend="onnx")  # fmt: skip
+    return settings, Engine.start(settings, build="never", log=lambda m: None)
+
+
+def http_serve(folder: Path, model: str, port: int) -> None:
+    """Runs in a process of its own: the app over `folder` on a loopback port until terminated."""
+    import uvicorn
+
+    from threatqa.api import create_app
+
+    settings, engine = open_engine(folder, model, "audit-server.sqlite3")
+    read_through(folder / "index")
+    uvicorn.run(create_app(settings, engine), host="127.0.0.1", port=port, log_level="critical")  # type: ignore[arg-type]
+
+
 def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
     """Runs in a fresh process: open the index like the server, time each layer of a question."""
     from threatqa.answer import build_answer
     from threatqa.api import create_app
-    from threatqa.config import Settings
-    from threatqa.engine import Engine
 
-    settings = Settings.load(docs=folder / "docs", index=folder / "index", audit=folder / "audit.sqlite3",
-                             model=model, backend="onnx")  # fmt: skip
     t = time.perf_counter()
-    engine = Engine.start(settings, build="never", log=lambda m: None)
+    settings, engine = open_engine(folder, model, "audit.sqlite3")
     start_s = time.perf_counter() - t
     retriever = engine._live.retriever
     index, embedder = retriever.index, retriever.embedder
@@ -149,8 +194,11 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
         found = retriever.search(question, 5)
         return build_answer(found.question, found, engine._live.documents, index.version, index.manifest.model, ())
 
-    with http_server(create_app(settings, engine)) as connection:
+    with server_process(folder, model) as connection, http_server(create_app(settings, engine)) as in_process:
         for question in questions[:20]:  # the route's first calls (imports, pools) are not what is measured
+            call(connection, "POST", "/api/ask", {"question": question})
+            call(in_process, "POST", "/api/ask", {"question": question})
+        for question in squad_questions()[queries : 2 * queries]:  # the server process's pages mapped in too
             call(connection, "POST", "/api/ask", {"question": question})
         # the goals' sides, timed in turn on each question, so they see the machine in the same state
         timed = time_interleaved({
@@ -158,6 +206,7 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
             "answer": answer,
             "ask": lambda q: engine.ask(q, channel="api"),
             "api": lambda q: call(connection, "POST", "/api/ask", {"question": q}),
+            "api_thread": lambda q: call(in_process, "POST", "/api/ask", {"question": q}),
         }, questions)  # fmt: skip
         result["health"] = percentiles(time_calls(lambda q: call(connection, "GET", "/api/health"), questions))
     result.update({name: percentiles(samples) for name, samples in timed.items()})
@@ -188,7 +237,8 @@ def run(sizes: list[int], real_vectors: int, queries: int, keep: Path | None) ->
         ratio = s["answer"][0] / s["bare"][0]
         rows.append([f"{built['passages']:,}", built["vectors"], s["index"], s["bare"][0], s["embed"][0],
                      s["lexical"][0], s["search"][0], s["answer"][0], s["answer"][1], ratio, s["ask"][0], s["ask"][1],
-                     s["api"][0], s["api"][1], s["api"][0] / s["answer"][0], s["health"][0]])  # fmt: skip
+                     s["api"][0], s["api"][1], s["api"][0] / s["answer"][0], s["api_thread"][0],
+                     s["api_thread"][0] / s["answer"][0], s["health"][0]])  # fmt: skip
         speed.append([f"{built['passages']:,}", built["build_s"], built["passages"] / built["build_s"],
                       built["build_rss_mb"], s["start_s"], s["rss_mb"], s["index_mb"]])  # fmt: skip
     table(
@@ -196,7 +246,8 @@ def run(sizes: list[int], real_vectors: int, queries: int, keep: Path | None) ->
         "(bare = one query embedding + one FAISS search, the baseline)",
         ["passages", "vectors", "dense index", "bare p50", "embed p50", "lexical p50", "search p50",
          "search+answer p50", "search+answer p95", "search+answer / bare (goal <= 1.3)", "ask p50", "ask p95",
-         "/api/ask p50", "/api/ask p95", "/api/ask / search+answer (goal <= 1.5)", "empty GET p50"],
+         "/api/ask p50", "/api/ask p95", "/api/ask / search+answer (goal <= 1.5)", "/api/ask in-process p50",
+         "in-process / search+answer", "empty GET p50"],
         rows,
     )  # fmt: skip
     table(
@@ -215,8 +266,12 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build each size under this folder and keep it (reused next run)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--http", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
+    if args.http:
+        http_serve(args.http, args.model, args.port)
+    elif args.serve:
         print(json.dumps(serve(args.serve, args.model, args.queries)))
     else:
         run(args.sizes, args.real_vectors, args.queries, args.keep)

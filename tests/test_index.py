@@ -384,3 +384,28 @@ def test_text_blocks_made_beside_the_build_are_the_stored_ones_and_stop_when_tol
     build_index(docs, tmp_path / "index", None, warn=lambda m: None)  # lexical: the blocks are all there is to wait for
     index = open_index(tmp_path / "index")
     assert index.store.document(documents[0].id).text == documents[0].text
+
+
+def test_live_version_reads_current_again_only_when_the_file_changed(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    import threatqa.versions as versions
+
+    for name in ("v-1", "v-2", "v-3"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "CURRENT").write_text("v-1\n")
+    reads: list[Path] = []
+    read = versions.current_version
+    monkeypatch.setattr(versions, "current_version", lambda d: reads.append(d) or read(d))
+    live = versions.LiveVersion(tmp_path)
+    assert live() == tmp_path / "v-1" and live() == tmp_path / "v-1"
+    assert len(reads) == 1  # the second call only looked at the file's stat
+    (tmp_path / "next").write_text("v-2\n")
+    os.replace(tmp_path / "next", tmp_path / "CURRENT")  # as a build switches versions
+    assert live() == tmp_path / "v-2" and len(reads) == 2
+    stat = os.stat(tmp_path / "CURRENT")
+    (tmp_path / "CURRENT").write_text("v-3\n")  # rewritten in place, same size: the time tells
+    os.utime(tmp_path / "CURRENT", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert live() == tmp_path / "v-3"
+    (tmp_path / "CURRENT").unlink()
+    assert live() is None and live() is None and len(reads) == 5  # no file: read (and found missing) each time

@@ -44,7 +44,12 @@ def sha256_text(text: str) -> str:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
+
+
+# what json.dumps(value, ensure_ascii=False, separators=(",", ":")) makes, without a new encoder each call
+# (an answer's record makes about fifteen: 3 us each instead of 6)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class _Recent:

@@ -40,6 +40,7 @@ from threatqa.lexical_subset import Part, Statistics
 from threatqa.manifest import check_model
 from threatqa.policy import Access, Labels, label_documents, load_policy, policy_path
 from threatqa.retrieval import Retriever
+from threatqa.versions import LiveVersion
 
 
 def _stderr(message: str) -> None:
@@ -98,6 +99,7 @@ class Engine:
         self.audit = AuditLog(settings.audit, settings.audit_key)
         self._lock = threading.Lock()
         self._refused: dict[str, str] = {}  # versions that failed to load or were found damaged, and why
+        self._current = LiveVersion(settings.index)  # the live version's folder, looked at before each question
         self._policy_file = policy_path(settings.docs, settings.policy)
         self._labelled: _Labelled | None = None
         self._policy_lock = threading.Lock()
@@ -403,7 +405,7 @@ class Engine:
         A new version that cannot be opened (damaged, or built with another model) is refused
         with a notice, and the engine keeps answering from the version it has."""
         current = self.index
-        folder = current_version(self.settings.index)
+        folder = self._current()
         moved = folder is not None and folder != current.folder and folder.name not in self._refused
         if not moved and current.damage is None:
             return False
