@@ -13,7 +13,7 @@ import pytest
 
 from threatqa.chunking import paragraphs, sentences
 from threatqa.errors import IndexMismatch
-from threatqa.lexical import SENTENCE_WEIGHT, LexicalIndex, _kth_largest, word_tokens
+from threatqa.lexical import SENTENCE_WEIGHT, LexicalIndex, word_tokens
 from threatqa.lexical_bm25 import K1, B
 from threatqa.lexical_chars import _CHARS, CharView, _ngram_counts
 
@@ -68,38 +68,64 @@ def test_word_view_equals_bm25_of_passage_plus_half_its_best_sentence(index: Lex
     best = [max(next(sentence_scores) for _ in _sentence_texts(t)) for t in TEXTS]
     expected = np.array(passages) + SENTENCE_WEIGHT * np.array(best)
 
-    scratch = index._take_scratch()
-    rows, scores = index._word_scores(index.terms(question), scratch)
+    rows, scores = index._word_scores(index.terms(question))
     got = np.zeros(len(TEXTS))
     got[rows] = scores
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert set(rows) == set(np.flatnonzero(expected))
-    # the reused buffers are clean again for the next question
-    assert not scratch.scores.any() and not scratch.found.any()
 
 
 def test_word_view_keeps_the_best_rows_with_ties_to_the_lower_row(tmp_path: Path) -> None:
     texts = ["cash couriers"] * 5 + ["cash"] * 4 + ["couriers move cash abroad"]  # many exact ties
     index = LexicalIndex.build(texts, tmp_path / "ties")
-    scratch = index._take_scratch()
     terms = index.terms("cash couriers")
-    rows, scores = index._word_scores(terms, scratch)
+    rows, scores = index._word_scores(terms)
     for keep in range(1, len(texts) + 1):
         best = sorted(zip(-scores, rows))[:keep]  # best first, ties by row
-        kept_rows, kept = index._word_scores(terms, scratch, keep=keep)
+        kept_rows, kept = index._word_scores(terms, keep=keep)
         assert kept_rows.tolist() == sorted(row for _, row in best)  # in row order
         np.testing.assert_array_equal(kept, scores[np.isin(rows, kept_rows)])
     mask = np.arange(len(texts)) % 2 == 0
-    assert index._word_scores(terms, scratch, mask=mask, keep=3)[0].tolist() == [0, 2, 4]
+    assert index._word_scores(terms, mask=mask, keep=3)[0].tolist() == [0, 2, 4]
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_kth_largest_is_the_kth_of_the_sorted_values(seed: int) -> None:
+@pytest.fixture(scope="module")
+def skewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LexicalIndex, list[str]]:
+    """600 passages of 1-4 sentences over 9 words of very different frequencies: many passages per
+    question, exact ties, and terms whose bounds fall below the best scores."""
+    rng = np.random.default_rng(7)
+    words = ["cash", "couriers", "harbour", "fraud", "cartel", "laundering", "firearms", "smuggling", "border"]
+    weights = np.array([40, 20, 12, 8, 5, 3, 2, 1, 1], dtype=float)
+    texts = []
+    for _ in range(600):
+        sentences = [" ".join(rng.choice(words, int(rng.integers(2, 8)), p=weights / weights.sum()))
+                     for _ in range(int(rng.integers(1, 5)))]  # fmt: skip
+        texts.append(". ".join(s.capitalize() for s in sentences) + ".")
+    return LexicalIndex.build(texts, tmp_path_factory.mktemp("skewed") / "bm25"), words
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_best_rows_skipping_low_terms_are_those_of_scoring_every_row(
+    skewed: tuple[LexicalIndex, list[str]], seed: int
+) -> None:
+    """Once `keep` passages are held, the word view visits only passages with a term that could still
+    carry one into them; the rows and scores kept are those of scoring every passage, ties to the lower row."""
+    index, words = skewed
     rng = np.random.default_rng(seed)
-    values = rng.integers(0, 6 if seed % 2 else 1000, size=int(rng.integers(1, 300))).astype(np.float64)
-    ordered = np.sort(values)[::-1]
-    for k in {1, len(values), int(rng.integers(1, len(values) + 1))}:
-        assert _kth_largest(values, k) == ordered[k - 1]
+    question = " ".join(rng.choice(words, int(rng.integers(2, 6))))  # a word may come twice
+    terms = index.terms(question)
+    rows, scores = index._word_scores(terms)  # every passage with a term (the heap never full before the end)
+    mask = rng.random(index.count) < 0.7
+    for keep in (1, 3, 10, 40, 150):
+        for allowed in (None, mask):
+            inside = np.ones(len(rows), bool) if allowed is None else allowed[rows]
+            best = sorted(zip(-scores[inside], rows[inside]))[:keep]
+            kept_rows, kept = index._word_scores(terms, mask=allowed, keep=keep)
+            assert kept_rows.tolist() == sorted(row for _, row in best)
+            np.testing.assert_array_equal(kept, scores[np.isin(rows, kept_rows)])  # the very same floats
+    # the questions reach the skipping: a term's bound below the best scores kept
+    bounds = index.idf[terms, 0] + SENTENCE_WEIGHT * index.idf[terms, 1]
+    assert bounds.min() < np.sort(scores)[-10] or len(set(terms.tolist())) == 1
 
 
 def _char_bm25(texts: list[str], question: str) -> np.ndarray:

@@ -87,7 +87,7 @@ def _scaled(scores: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def _word_kernel(terms, starts, sentence_rows, counts, owners, idf, lengths, means, scores, found, mask, keep):
+def _word_kernel(terms, starts, sentence_rows, counts, owners, idf, lengths, means, mask, keep):
     """The word view's scores (passage BM25 + SENTENCE_WEIGHT x its best sentence's) of the passages
     that have one of the terms (a term given twice counts twice), only those where mask is True when
     mask is not empty; the best `keep` of them (ties to the lower row), in row order.
@@ -95,94 +95,150 @@ def _word_kernel(terms, starts, sentence_rows, counts, owners, idf, lengths, mea
     The postings are the terms' sentences (ascending) with the term's count there, and owners[j]
     the passage of posting j; idf holds each term's IDF over passages and over sentences, lengths
     the sentences' and the passages' lengths in words, means their means. A passage's count is the
-    sum over its sentences, whose postings are adjacent. scores (float32, passages x 2: BM25 and best
-    sentence's, side by side so that a passage is one cache line) and found come zeroed and are left
-    zeroed. A sentence's BM25 is summed by merging the terms' sentence postings (each in sentence
-    order), so no array of all sentences is touched."""
+    sum over its sentences, whose postings are adjacent.
+
+    Passage at a time (MaxScore): the terms' postings are merged by passage, each passage scored
+    whole and offered to a heap of the best `keep`. A term's part of any passage's score is below
+    its IDFs (a BM25 weight is below 1), so once the heap is full, the terms whose bounds together
+    stay below its worst score cannot carry a passage into it alone: only passages with one of the
+    other terms are visited, and those terms' postings are skipped to them. Nothing of corpus size
+    is written, and the scores are those of summing term by term (the same operations, in the
+    terms' order)."""
     sentence_lengths, passage_lengths = lengths
     base = K1 * (1 - B)
     per_sentence, per_passage = K1 * B / max(means[0], 1e-9), K1 * B / max(means[1], 1e-9)
-    n = 0
-    for t in terms:
-        j, end = starts[t], starts[t + 1]
-        while j < end:
-            row, tf = owners[j], 0.0
-            while j < end and owners[j] == row:
+    n = len(terms)
+    at, ends, runs, merge = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    bound = np.empty(n)
+    postings = 0
+    for i in range(n):
+        at[i], ends[i] = starts[terms[i]], starts[terms[i] + 1]
+        postings += ends[i] - at[i]
+        # above any part of a score the term can give (float32 sums round: a margin)
+        bound[i] = (np.float64(idf[terms[i], 0]) + SENTENCE_WEIGHT * np.float64(idf[terms[i], 1])) * (1 + 1e-5) + 1e-9
+    order = np.argsort(bound)  # the terms by bound, smallest first: the first `skipped` only probed
+    capacity = min(keep, postings)
+    if capacity <= 0:
+        return np.empty(0, np.int64), np.empty(0)
+    heap_scores, heap_rows = np.empty(capacity), np.empty(capacity, np.int64)
+    size, skipped, floor = 0, 0, -1.0  # floor: the heap's worst score, once it is full
+    while True:
+        row = -1
+        for m in range(skipped, n):
+            i = order[m]
+            if at[i] < ends[i] and (row < 0 or owners[at[i]] < row):
+                row = owners[at[i]]
+        if row < 0:
+            break
+        for m in range(skipped):  # the probed terms' postings, skipped to this passage
+            i = order[m]
+            at[i] = _seek(owners, at[i], ends[i], row)
+        length = passage_lengths[row]
+        passage = np.float32(0.0)
+        for i in range(n):  # the passage's part: its counts summed over its sentences, term by term
+            j = at[i]
+            tf = 0.0
+            while j < ends[i] and owners[j] == row:
                 tf += counts[j]
                 j += 1
-            if scores[row, 0] == 0.0:  # BM25 weights are positive: the passage's first term
-                found[n] = row
-                n += 1
-            weight = np.float32(tf / (tf + base + per_passage * passage_lengths[row]))
-            scores[row, 0] += idf[t, 0] * weight
-    # a passage has a term exactly when one of its sentences has it: the rows are all found
-    at, ends = starts[terms], starts[terms + 1]
-    while True:
-        sentence = -1
-        for i in range(len(terms)):
-            if at[i] < ends[i] and (sentence < 0 or sentence_rows[at[i]] < sentence):
-                sentence = sentence_rows[at[i]]
-        if sentence < 0:
-            break
-        total, row = np.float32(0.0), 0
-        norm = base + per_sentence * sentence_lengths[sentence]
-        for i in range(len(terms)):  # in the terms' order, as a sum over them is
-            if at[i] < ends[i] and sentence_rows[at[i]] == sentence:
-                tf = np.float64(counts[at[i]])
-                total += idf[terms[i], 1] * np.float32(tf / (tf + norm))
-                row = owners[at[i]]
-                at[i] += 1
-        scores[row, 1] = max(scores[row, 1], total)
-    # many rows: a pass over all passages costs less than sorting them
-    rows = np.flatnonzero(scores[:, 0]).astype(found.dtype) if n * 32 >= len(found) else np.sort(found[:n])
-    found[:n] = 0
-    result = np.empty(len(rows))
-    m = 0
-    for row in rows:
-        if len(mask) == 0 or mask[row]:
-            rows[m] = row
-            result[m] = np.float64(scores[row, 0]) + SENTENCE_WEIGHT * np.float64(scores[row, 1])
-            m += 1
-        scores[row, 0], scores[row, 1] = 0.0, 0.0
-    rows, result = rows[:m], result[:m]
-    if m <= keep:
-        return rows, result
-    threshold = _kth_largest(result, keep)
-    ties = keep  # places left for scores equal to the threshold, in row order
-    for score in result:
-        ties -= score > threshold
-    n = 0
-    for i in range(m):
-        if result[i] > threshold or (result[i] == threshold and ties > 0):
-            ties -= result[i] == threshold
-            rows[n], result[n] = rows[i], result[i]
-            n += 1
-    return rows[:n], result[:n]
+            runs[i] = j
+            if j > at[i]:
+                passage += idf[terms[i], 0] * np.float32(tf / (tf + base + per_passage * length))
+        best = np.float32(0.0)
+        for i in range(n):
+            merge[i] = at[i]
+        while True:  # its sentences, merged across the terms: each sentence's BM25, the best kept
+            sentence = -1
+            for i in range(n):
+                if merge[i] < runs[i] and (sentence < 0 or sentence_rows[merge[i]] < sentence):
+                    sentence = sentence_rows[merge[i]]
+            if sentence < 0:
+                break
+            total = np.float32(0.0)
+            norm = base + per_sentence * sentence_lengths[sentence]
+            for i in range(n):  # in the terms' order, as a sum over them is
+                if merge[i] < runs[i] and sentence_rows[merge[i]] == sentence:
+                    tf = np.float64(counts[merge[i]])
+                    total += idf[terms[i], 1] * np.float32(tf / (tf + norm))
+                    merge[i] += 1
+            best = max(best, total)
+        for i in range(n):
+            at[i] = runs[i]
+        if len(mask) and not mask[row]:
+            continue
+        score = np.float64(passage) + SENTENCE_WEIGHT * np.float64(best)
+        if size < capacity:
+            heap_scores[size], heap_rows[size] = score, row
+            _sift_up(heap_scores, heap_rows, size)
+            size += 1
+        elif score > heap_scores[0]:  # a later row never wins a tie: rows come in ascending order
+            heap_scores[0], heap_rows[0] = score, row
+            _sift_down(heap_scores, heap_rows, size)
+        else:
+            continue
+        if size == capacity and heap_scores[0] > floor:
+            floor = heap_scores[0]
+            total_bound = 0.0
+            skipped = 0
+            while skipped < n and total_bound + bound[order[skipped]] < floor:
+                total_bound += bound[order[skipped]]
+                skipped += 1
+    rows, scores = heap_rows[:size], heap_scores[:size]
+    in_order = np.argsort(rows)
+    return rows[in_order], scores[in_order]
 
 
 @njit(nogil=True, cache=True)
-def _kth_largest(values, k):
-    """The k-th largest of values (k from 1), by quickselect (Hoare's partition) on a copy: written
-    out because numba's np.partition takes seconds to compile."""
-    a = values.copy()
-    lo, hi, target = 0, len(a) - 1, k - 1  # a is being ordered from largest to smallest
+def _seek(owners, j, end, row):
+    """The first posting in [j, end) of passage `row` or after (owners ascending there): galloping,
+    then binary search."""
+    step = 1
+    while j + step < end and owners[j + step] < row:
+        j += step
+        step *= 2
+    if j >= end or owners[j] >= row:
+        return j
+    lo, hi = j + 1, min(j + step, end)  # owners[lo - 1] < row; owners[hi] >= row or hi == end
     while lo < hi:
-        pivot, i, j = a[(lo + hi) // 2], lo, hi
-        while i <= j:
-            while a[i] > pivot:
-                i += 1
-            while a[j] < pivot:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i, j = i + 1, j - 1
-        if target <= j:
-            hi = j
-        elif target >= i:
-            lo = i
-        else:  # between the two parts: equal to the pivot
+        mid = (lo + hi) // 2
+        if owners[mid] < row:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(nogil=True, cache=True)
+def _worse(scores, rows, a, b):
+    """Whether heap entry a ranks below b: a lower score, or the same score and a later row."""
+    return scores[a] < scores[b] or (scores[a] == scores[b] and rows[a] > rows[b])
+
+
+@njit(nogil=True, cache=True)
+def _sift_up(scores, rows, i):
+    while i > 0:
+        parent = (i - 1) // 2
+        if not _worse(scores, rows, i, parent):
             break
-    return a[target]
+        scores[i], scores[parent] = scores[parent], scores[i]
+        rows[i], rows[parent] = rows[parent], rows[i]
+        i = parent
+
+
+@njit(nogil=True, cache=True)
+def _sift_down(scores, rows, size):
+    i = 0
+    while True:
+        low, left, right = i, 2 * i + 1, 2 * i + 2
+        if left < size and _worse(scores, rows, left, low):
+            low = left
+        if right < size and _worse(scores, rows, right, low):
+            low = right
+        if low == i:
+            break
+        scores[i], scores[low] = scores[low], scores[i]
+        rows[i], rows[low] = rows[low], rows[i]
+        i = low
 
 
 @njit(nogil=True, cache=True)
@@ -243,16 +299,14 @@ class WordView:
 
 @dataclass(frozen=True)
 class _Scratch:
-    """Zeroed arrays a query accumulates into, reused from query to query and zeroed again where
-    written: fresh arrays of corpus size would cost a page fault per 4 KB at every query."""
+    """A zeroed array the character view marks where it reads, reused from query to query and zeroed
+    again where written."""
 
-    scores: np.ndarray  # float32 per passage: word-view BM25 and its best sentence's
-    found: np.ndarray  # int32 per passage: the rows found, in the order found
     reads: np.ndarray  # uint8, as many bytes as the largest passage has: where the character view reads
 
     @classmethod
-    def create(cls, passages: int, largest: int) -> _Scratch:
-        return cls(np.zeros((passages, 2), np.float32), np.zeros(passages, np.int32), np.zeros(largest, np.uint8))
+    def create(cls, largest: int) -> _Scratch:
+        return cls(np.zeros(largest, np.uint8))
 
 
 def _sentences(texts: Iterable[str], counts: np.ndarray | None = None) -> Iterator[str]:
@@ -366,7 +420,7 @@ class LexicalIndex:
         scratch: _Scratch,
         subset: Statistics | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        rows, word = self._word_scores(terms, scratch, mask, max(k, CHAR_CANDIDATES), subset)
+        rows, word = self._word_scores(terms, mask, max(k, CHAR_CANDIDATES), subset)
         if len(rows) < k and (self.count if subset is None else subset.count) <= CHAR_CANDIDATES * 10:
             # too few passages share a word with the question: in a small index, let the character
             # view find the nearest ones (partial words), so there is something to show
@@ -398,12 +452,11 @@ class LexicalIndex:
         try:
             return self._free.get_nowait()
         except queue.Empty:  # as many sets as questions ever searched at once
-            return _Scratch.create(self.count, self.largest)
+            return _Scratch.create(self.largest)
 
     def _word_scores(
         self,
         terms: np.ndarray,
-        scratch: _Scratch,
         mask: np.ndarray | None = None,
         keep: int | None = None,
         subset: Statistics | None = None,
@@ -414,7 +467,7 @@ class LexicalIndex:
         idf, means = (self.idf, self.means) if subset is None else (subset.idf, subset.means)
         return _word_kernel(  # type: ignore[no-any-return]
             terms, words.indptr, words.sentences, words.counts, self.posting_owner, idf, self.lengths,
-            means, scratch.scores, scratch.found, _NO_MASK if mask is None else mask,
+            means, _NO_MASK if mask is None else mask,
             self.count if keep is None else keep,
         )  # fmt: skip
 
