@@ -91,6 +91,9 @@ def build(n: int, folder: Path, real_vectors: int) -> dict[str, object]:
             "build_rss_mb": peak_rss_mb(), "model": str(model)}  # fmt: skip
 
 
+KEEP_ALIVE_S = 3600
+
+
 @contextlib.contextmanager
 def http_server(app: object) -> Iterator[http.client.HTTPConnection]:
     """`app` served by uvicorn on a free loopback port in a background thread, and a kept-alive
@@ -100,7 +103,9 @@ def http_server(app: object) -> Iterator[http.client.HTTPConnection]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))  # type: ignore[arg-type]
+    # connections kept open while idle between the timed phases (uvicorn closes them after 5 s by default)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", timeout_keep_alive=KEEP_ALIVE_S)  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -169,7 +174,8 @@ def http_serve(folder: Path, model: str, port: int) -> None:
 
     settings, engine = open_engine(folder, model, "audit-server.sqlite3")
     read_through(folder / "index")
-    uvicorn.run(create_app(settings, engine), host="127.0.0.1", port=port, log_level="critical")  # type: ignore[arg-type]
+    app = create_app(settings, engine)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="critical", timeout_keep_alive=KEEP_ALIVE_S)  # type: ignore[arg-type]
 
 
 def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
