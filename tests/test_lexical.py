@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,7 +90,7 @@ def test_word_view_keeps_the_best_rows_with_ties_to_the_lower_row(tmp_path: Path
 
 
 @pytest.fixture(scope="module")
-def skewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LexicalIndex, list[str], Path]:
+def skewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LexicalIndex, list[str]]:
     """600 passages of 1-4 sentences over 9 words of very different frequencies: many passages per
     question, exact ties, and terms whose bounds fall below the best scores."""
     rng = np.random.default_rng(7)
@@ -102,17 +101,16 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LexicalIndex, list
         sentences = [" ".join(rng.choice(words, int(rng.integers(2, 8)), p=weights / weights.sum()))
                      for _ in range(int(rng.integers(1, 5)))]  # fmt: skip
         texts.append(". ".join(s.capitalize() for s in sentences) + ".")
-    folder = tmp_path_factory.mktemp("skewed") / "bm25"
-    return LexicalIndex.build(texts, folder), words, folder
+    return LexicalIndex.build(texts, tmp_path_factory.mktemp("skewed") / "bm25"), words
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_best_rows_skipping_low_terms_are_those_of_scoring_every_row(
-    skewed: tuple[LexicalIndex, list[str], Path], seed: int
+    skewed: tuple[LexicalIndex, list[str]], seed: int
 ) -> None:
     """Once `keep` passages are held, the word view visits only passages with a term that could still
     carry one into them; the rows and scores kept are those of scoring every passage, ties to the lower row."""
-    index, words, _ = skewed
+    index, words = skewed
     rng = np.random.default_rng(seed)
     question = " ".join(rng.choice(words, int(rng.integers(2, 6))))  # a word may come twice
     terms = index.terms(question)
@@ -211,25 +209,3 @@ def test_an_index_of_the_older_character_layout_is_refused_with_a_rebuild_messag
     (tmp_path / "bm25" / CharView.META).unlink()
     with pytest.raises(IndexMismatch, match="rebuild"):
         LexicalIndex(tmp_path / "bm25")
-
-
-def test_an_index_without_highest_weights_searches_the_same(
-    skewed: tuple[LexicalIndex, list[str], Path], tmp_path: Path
-) -> None:
-    """Indexes built before the highest weights were kept bound each term by its IDFs alone: a looser
-    bound, the same results."""
-    from threatqa.lexical import WEIGHTS
-
-    index, _, folder = skewed
-    assert np.load(folder / WEIGHTS).shape == (len(index.vocabulary), 2)
-    older = tmp_path / "bm25"
-    shutil.copytree(folder, older)
-    (older / WEIGHTS).unlink()
-    loose = LexicalIndex(older)
-    assert len(loose.highest) == 0 and (index.highest < 1).all() and (index.highest > 0).all()
-    for question in ("cash couriers cash", "fraud cartel border", "smuggling firearms harbour laundering"):
-        terms = index.terms(question)
-        for keep in (1, 7, 60):
-            got, expected = index._word_scores(terms, keep=keep), loose._word_scores(terms, keep=keep)
-            np.testing.assert_array_equal(got[0], expected[0])
-            np.testing.assert_array_equal(got[1], expected[1])

@@ -13,11 +13,10 @@ Both views are BM25 (Lucene's variant) over sparse counts: scikit-learn's `Count
 our word analyzer, and the n-grams and hashes of its `HashingVectorizer` for characters (each
 distinct word stemmed and hashed once). The word view is stored by term (CSC: one posting list
 per stem, memory-mapped), so a question reads only the postings of its own terms, for passages
-and sentences alike, and skips those of terms too weak to reach its best passages (each stem's
-highest weights are kept for that, `_word_kernel`). The character view (`lexical_chars.py`)
-keeps each passage as its words' ids and each distinct word's n-grams once, and works out the
-BM25 of the question's n-grams in the word view's best candidates only, read with pread(2). Both
-are built a batch at a time, so neither building nor serving holds a large corpus in memory.
+and sentences alike. The character view (`lexical_chars.py`) keeps each passage as its words'
+ids and each distinct word's n-grams once, and works out the BM25 of the question's n-grams in
+the word view's best candidates only, read with pread(2). Both are built a batch at a time, so
+neither building nor serving holds a large corpus in memory.
 
 A query's loops are compiled with numba and run outside the GIL (`_word_kernel`, `_char_kernel`):
 the lexical side of a question runs beside the dense side on another thread, and in NumPy its many
@@ -48,7 +47,6 @@ from threatqa.lexical_chars import CharView, CharWriter, _ngram_counts, _open
 from threatqa.lexical_subset import Part, Statistics, combine, parts
 
 SENTENCE_WEIGHT = 0.5
-WEIGHTS = "word-highest.npy"  # each stem's highest passage and sentence BM25 weights (stems x 2, float32)
 CHAR_CANDIDATES = 200  # passages (best by the word view) that the character view re-scores
 BATCH = 10_000  # texts vectorised at a time when building
 _STOPWORDS = frozenset(STOPWORDS_EN) | frozenset(ENGLISH_STOP_WORDS)
@@ -89,7 +87,7 @@ def _scaled(scores: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def _word_kernel(terms, starts, sentence_rows, counts, owners, idf, weights, lengths, means, mask, keep):
+def _word_kernel(terms, starts, sentence_rows, counts, owners, idf, lengths, means, mask, keep):
     """The word view's scores (passage BM25 + SENTENCE_WEIGHT x its best sentence's) of the passages
     that have one of the terms (a term given twice counts twice), only those where mask is True when
     mask is not empty; the best `keep` of them (ties to the lower row), in row order.
@@ -97,13 +95,11 @@ def _word_kernel(terms, starts, sentence_rows, counts, owners, idf, weights, len
     The postings are the terms' sentences (ascending) with the term's count there, and owners[j]
     the passage of posting j; idf holds each term's IDF over passages and over sentences, lengths
     the sentences' and the passages' lengths in words, means their means. A passage's count is the
-    sum over its sentences, whose postings are adjacent. weights[t] holds the highest passage and
-    sentence BM25 weights (tf / (tf + norm)) stem t reaches in the corpus, or is empty: then 1, above
-    any weight.
+    sum over its sentences, whose postings are adjacent.
 
     Passage at a time (MaxScore): the terms' postings are merged by passage, each passage scored
-    whole and offered to a heap of the best `keep`. A term's part of any passage's score is at most
-    its IDFs times its highest weights, so once the heap is full, the terms whose bounds together
+    whole and offered to a heap of the best `keep`. A term's part of any passage's score is below
+    its IDFs (a BM25 weight is below 1), so once the heap is full, the terms whose bounds together
     stay below its worst score cannot carry a passage into it alone: only passages with one of the
     other terms are visited, and those terms' postings are skipped to them. Nothing of corpus size
     is written, and the scores are those of summing term by term (the same operations, in the
@@ -118,10 +114,8 @@ def _word_kernel(terms, starts, sentence_rows, counts, owners, idf, weights, len
     for i in range(n):
         at[i], ends[i] = starts[terms[i]], starts[terms[i] + 1]
         postings += ends[i] - at[i]
-        high = (np.float64(weights[terms[i], 0]), np.float64(weights[terms[i], 1])) if len(weights) else (1.0, 1.0)
         # above any part of a score the term can give (float32 sums round: a margin)
-        part = np.float64(idf[terms[i], 0]) * high[0] + SENTENCE_WEIGHT * np.float64(idf[terms[i], 1]) * high[1]
-        bound[i] = part * (1 + 1e-5) + 1e-9
+        bound[i] = (np.float64(idf[terms[i], 0]) + SENTENCE_WEIGHT * np.float64(idf[terms[i], 1])) * (1 + 1e-5) + 1e-9
     order = np.argsort(bound)  # the terms by bound, smallest first: the first `skipped` only probed
     capacity = min(keep, postings)
     if capacity <= 0:
@@ -192,28 +186,6 @@ def _word_kernel(terms, starts, sentence_rows, counts, owners, idf, weights, len
     rows, scores = heap_rows[:size], heap_scores[:size]
     in_order = np.argsort(rows)
     return rows[in_order], scores[in_order]
-
-
-@njit(nogil=True, cache=True)
-def _highest_weights(starts, sentence_rows, counts, owners, lengths, means):
-    """Each stem's highest BM25 weight over the passages and over the sentences that have it, as
-    `_word_kernel` works them out (float32, stems x 2): its MaxScore bounds."""
-    sentence_lengths, passage_lengths = lengths
-    base = K1 * (1 - B)
-    per_sentence, per_passage = K1 * B / max(means[0], 1e-9), K1 * B / max(means[1], 1e-9)
-    out = np.zeros((len(starts) - 1, 2), np.float32)
-    for t in range(len(starts) - 1):
-        j, end = starts[t], starts[t + 1]
-        while j < end:
-            row, tf = owners[j], 0.0
-            while j < end and owners[j] == row:
-                count = np.float64(counts[j])
-                norm = base + per_sentence * sentence_lengths[sentence_rows[j]]
-                out[t, 1] = max(out[t, 1], np.float32(count / (count + norm)))
-                tf += counts[j]
-                j += 1
-            out[t, 0] = max(out[t, 0], np.float32(tf / (tf + base + per_passage * passage_lengths[row])))
-    return out
 
 
 @njit(nogil=True, cache=True)
@@ -372,9 +344,6 @@ class LexicalIndex:
         owner = np.repeat(np.arange(self.count, dtype=np.int32), self.sentence_ends - self.sentence_starts)
         # the passage of each sentence posting, read in order at query time (4 bytes a posting, in memory)
         self.posting_owner = owner[self.words.sentences]
-        # each stem's highest weights, the word view's bounds (absent from indexes built before them: 1)
-        bounds = folder / WEIGHTS
-        self.highest = _open(bounds) if bounds.is_file() else np.zeros((0, 2), np.float32)
         self._free: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
 
     @classmethod
@@ -399,10 +368,6 @@ class LexicalIndex:
         meta = {"count": len(texts), "sentences": int(per_passage.sum()), "vocabulary": vocabulary}
         (folder / cls.META).write_text(json.dumps(meta))
         index = cls(folder)
-        words = index.words
-        index.highest = _highest_weights(words.indptr, words.sentences, words.counts, index.posting_owner,
-                                         index.lengths, index.means)  # fmt: skip
-        np.save(folder / WEIGHTS, index.highest)
         index.warm_up()  # the first build after an install compiles the query loops, not the first start
         return index
 
@@ -500,9 +465,8 @@ class LexicalIndex:
         score, BM25 + half the best sentence's; the best `keep` of them (ties to the lower row), in row order."""
         words = self.words
         idf, means = (self.idf, self.means) if subset is None else (subset.idf, subset.means)
-        highest = self.highest if subset is None else self.highest[:0]  # a subset's lengths weigh otherwise
         return _word_kernel(  # type: ignore[no-any-return]
-            terms, words.indptr, words.sentences, words.counts, self.posting_owner, idf, highest, self.lengths,
+            terms, words.indptr, words.sentences, words.counts, self.posting_owner, idf, self.lengths,
             means, _NO_MASK if mask is None else mask,
             self.count if keep is None else keep,
         )  # fmt: skip
