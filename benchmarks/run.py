@@ -1,6 +1,7 @@
 """All benchmarks, bounded to minutes: `python benchmarks/run.py` (or `make bench`).
 
-Sizes beyond the defaults: `python benchmarks/query.py --sizes 1000000`, `python benchmarks/ann.py --sizes 1000000`.
+Sizes beyond the defaults: `python benchmarks/query.py --sizes 1000000`, `python benchmarks/ann.py --sizes 1000000`,
+`python benchmarks/lean.py --sizes 1000 100000 1000000 --keep DIR`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ STEPS = [
     ["ann.py", "--sizes", "10000", "100000"],
     ["lexical.py", "--sizes", "10000", "30000"],
     ["query.py", "--sizes", "1000", "100000"],
+    ["lean.py", "--sizes", "1000", "10000", "--build-passages", "300", "--rounds", "1"],
     ["threads.py", "--seconds", "15"],
     ["coldstart.py"],
 ]
