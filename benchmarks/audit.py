@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import passages, squad_questions
+from common import file_bytes, passages, squad_questions
 
 from old_audit import OLD_SCHEMA, old_record  # tests/old_audit.py: the writer before this change
 from threatqa.audit import AuditLog
@@ -76,20 +76,6 @@ def answers(folder: Path, n_passages: int, n_answers: int, k: int) -> list[Recor
     for question in squad_questions()[:n_answers]:
         engine.ask(question, k=k, channel="api")
     return [(r.question, r.payload, r.id) for r in AuditLog(settings.audit).records()]
-
-
-def file_bytes(path: Path) -> tuple[int, int]:
-    """The log's bytes on disk (file and WAL), and how many of them hold the texts table and its indexes
-    (0 if unknown)."""
-    total = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if not p.name.endswith(".key"))
-    conn = sqlite3.connect(path)
-    try:
-        parts = "SELECT name FROM sqlite_schema WHERE tbl_name = 'texts'"  # the table and its index
-        texts = conn.execute(f"SELECT sum(pgsize) FROM dbstat WHERE name IN ({parts})").fetchone()[0] or 0
-    except sqlite3.Error:  # SQLite built without the dbstat table
-        texts = 0
-    conn.close()
-    return total, texts
 
 
 def run(makers: dict[str, Callable[[Path], Any]], folder: Path, records: list[Record], tag: str = "") -> dict:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import resource
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable
@@ -152,3 +153,17 @@ def model_settings(description: str) -> object:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default=None, help="hub name or local folder (default: the bundled model)")
     return Settings.load(model=parser.parse_args().model)
+
+
+def file_bytes(path: Path) -> tuple[int, int]:
+    """The log's bytes on disk (file and WAL), and how many of them hold the texts table and its indexes
+    (0 if unknown)."""
+    total = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if not p.name.endswith(".key"))
+    conn = sqlite3.connect(path)
+    try:
+        parts = "SELECT name FROM sqlite_schema WHERE tbl_name = 'texts'"  # the table and its index
+        texts = conn.execute(f"SELECT sum(pgsize) FROM dbstat WHERE name IN ({parts})").fetchone()[0] or 0
+    except sqlite3.Error:  # SQLite built without the dbstat table
+        texts = 0
+    conn.close()
+    return total, texts

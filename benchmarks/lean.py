@@ -15,9 +15,17 @@ vectors above: the files' sizes are the same either way), reused from --keep DIR
 - build: the corpus's build with `build_index`, in documents/s and passages/s. Above 2,000
   passages its vectors are synthetic, so that build excludes embedding; the build against bare
   encode is measured with the real model (the bundled all-MiniLM-L6-v2, PyTorch and ONNX int8) on a
-  corpus of --build-passages, both timed in turn --rounds times, as `embed.py --build-only` does.
+  corpus of --build-passages, both timed in turn --rounds times, as `embed.py --build-only` does
+  (bare encode of exactly the texts the build embedded; "text embedded / documents' text" says how
+  many times over the build embeds the text: overlapping passages embedded it twice before issue 17).
   At each size the "projected" ratio adds the build's own work there (measured) to the time bare
   encode takes for that size's text at the rate measured: bare / (bare + the rest).
+
+Before: the same command on the code before issue 17, a checkout of 833f93d (the scripts here
+drive its `build_index`, `Engine` and audit log, whose interfaces they share):
+
+    git worktree add /tmp/before 833f93d
+    PYTHONPATH=/tmp/before/src python benchmarks/lean.py --sizes 1000 100000 --keep /tmp/keep-before
 """
 
 from __future__ import annotations
@@ -30,8 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from audit import file_bytes
-from common import squad_questions, table
+from common import file_bytes, squad_questions, table
 from embed import build_rates
 from query import build, open_engine
 from scale import sizes
@@ -54,7 +61,9 @@ def audit_per_answer(folder: Path, model: str, answers: int) -> tuple[float, flo
     _, engine = open_engine(folder, model, log.name)
     for question in squad_questions()[:answers]:
         engine.ask(question, k=5, channel="api")  # type: ignore[attr-defined]
-    engine.audit.close()  # type: ignore[attr-defined]  # the last connection checkpoints the WAL into the file
+    close = getattr(engine.audit, "close", None)  # type: ignore[attr-defined]  # (the code before issue 17 had none)
+    if close is not None:
+        close()  # the last connection checkpoints the WAL into the file
     total, texts = file_bytes(log)
     return total / answers, texts / answers
 
@@ -75,7 +84,8 @@ def main() -> None:
     rows = [
         [f"{r['passages']:,} ({weights}, {r['backend']})", "-", "-", "-", "-", "-",
          f"{r['documents'] / r['build_s']:.1f}", f"{r['passages'] / r['build_s']:.0f}",  # type: ignore[operator]
-         f"{r['passages'] / r['bare_s']:.0f}", f"{r['bare_s'] / r['build_s']:.3f}", "with the model"]  # type: ignore[operator]
+         f"{r['embedded_chars'] / r['text_chars']:.2f}", f"{r['passages'] / r['bare_s']:.0f}",  # type: ignore[operator]
+         f"{r['bare_s'] / r['build_s']:.3f}", "with the model"]  # type: ignore[operator]
         for r in rates
     ]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +103,8 @@ def main() -> None:
                          for backend, cps in bare_cps.items()] if synthetic else []  # fmt: skip
             rows.append([f"{passages:,}", f"{got['text'] / 1e6:.2f}", f"{index / 1e6:.1f}",
                          f"{index / got['text']:.2f}", f"{per_answer:,.0f}", f"{texts:,.0f}",
-                         f"{documents / build_s:.1f}", f"{passages / build_s:.0f}", "-", ", ".join(projected) or "-",
+                         f"{documents / build_s:.1f}", f"{passages / build_s:.0f}", "-", "-",
+                         ", ".join(projected) or "-",
                          "without embedding (synthetic vectors)" if synthetic else "with the model's vectors",
                          ])  # fmt: skip
             if not args.keep:
@@ -103,7 +114,8 @@ def main() -> None:
         f"Lean at scale (issue 17): index, audit and build; {args.answers} answers at k=5 per size; build against bare "
         f"encode measured on {args.build_passages:,} passages, median of {args.rounds} rounds, each side in turn",
         ["passages", "text MB", "index MB", "index / text (goal <= 3)", "audit bytes / answer (goal <= 2,048)",
-         "of which new texts", "build documents/s", "build passages/s", "bare encode passages/s",
+         "of which new texts", "build documents/s", "build passages/s", "text embedded / documents' text",
+         "bare encode passages/s",
          "build / bare encode (goal >= 0.9; projected where synthetic)", "build timed"],
         rows,
     )  # fmt: skip
