@@ -31,7 +31,6 @@ drive its `build_index`, `Engine` and audit log, whose interfaces they share):
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -40,17 +39,8 @@ from pathlib import Path
 
 from common import file_bytes, squad_questions, table
 from embed import build_rates
-from query import build, open_engine
+from query import corpus, open_engine
 from scale import sizes
-
-
-def corpus(n: int, keep: Path | None, tmp: Path) -> tuple[Path, dict[str, object]]:
-    folder = keep / str(n) if keep else tmp / str(n)
-    if (folder / "built.json").exists():
-        return folder, json.loads((folder / "built.json").read_text())
-    built = build(n, folder, real_vectors=2000)
-    (folder / "built.json").write_text(json.dumps(built))
-    return folder, built
 
 
 def audit_per_answer(folder: Path, model: str, answers: int) -> tuple[float, float]:
@@ -79,7 +69,7 @@ def main() -> None:
     t = time.perf_counter()
     weights, rates = build_rates(args.build_passages, args.rounds)
     print(f"build against bare encode: {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    # bare encode's speed in characters of text per second, per backend, and the build's at that size
+    # bare encode's speed in characters of the documents' text per second, per backend
     bare_cps = {r["backend"]: r["text_chars"] / r["bare_s"] for r in rates}  # type: ignore[operator]
     rows = [
         [f"{r['passages']:,} ({weights}, {r['backend']})", "-", "-", "-", "-", "-",
@@ -91,7 +81,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             t = time.perf_counter()
-            folder, built = corpus(n, args.keep, Path(tmp))
+            folder = args.keep / str(n) if args.keep else Path(tmp) / str(n)
+            built = corpus(n, folder, real_vectors=2000)
             got = sizes(folder)
             index = sum(v for k, v in got.items() if k != "text")
             per_answer, texts = audit_per_answer(folder, str(built["model"]), args.answers)

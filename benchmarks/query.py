@@ -91,6 +91,23 @@ def build(n: int, folder: Path, real_vectors: int) -> dict[str, object]:
             "build_rss_mb": peak_rss_mb(), "model": str(model)}  # fmt: skip
 
 
+def corpus(n: int, folder: Path, real_vectors: int) -> dict[str, object]:
+    """`build(n, folder, ...)`'s figures, or those of the corpus built there before (a kept folder: then
+    only what is measured on it runs again)."""
+    if (folder / "built.json").exists():
+        return json.loads((folder / "built.json").read_text())  # type: ignore[no-any-return]
+    built = build(n, folder, real_vectors)
+    (folder / "built.json").write_text(json.dumps(built))
+    return built
+
+
+def free_port() -> int:
+    """A loopback port no one listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 KEEP_ALIVE_S = 3600
 
 
@@ -100,9 +117,7 @@ def http_server(app: object) -> Iterator[http.client.HTTPConnection]:
     connection to it."""
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     # connections kept open while idle between the timed phases (uvicorn closes them after 5 s by default)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", timeout_keep_alive=KEEP_ALIVE_S)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
@@ -123,9 +138,7 @@ def http_server(app: object) -> Iterator[http.client.HTTPConnection]:
 def server_process(folder: Path, model: str) -> Iterator[http.client.HTTPConnection]:
     """The app over `folder` served by uvicorn in a process of its own (this script with --http), and a
     kept-alive connection to it once it answers."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     child = subprocess.Popen([sys.executable, __file__, "--http", str(folder), "--model", model, "--port", str(port)])
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -229,11 +242,7 @@ def run(sizes: list[int], real_vectors: int, queries: int, keep: Path | None) ->
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             folder = keep / str(n) if keep else Path(tmp)
-            if keep and (folder / "built.json").exists():  # measured before; only the serving side runs again
-                built = json.loads((folder / "built.json").read_text())
-            else:
-                built = build(n, folder, real_vectors)
-                (folder / "built.json").write_text(json.dumps(built))
+            built = corpus(n, folder, real_vectors)
             out = subprocess.run([sys.executable, __file__, "--serve", str(folder), "--model", str(built["model"]),
                                   "--queries", str(queries)], capture_output=True, text=True, check=False)  # fmt: skip
             if out.returncode:
