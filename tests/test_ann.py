@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
+from threatqa import arrays
 from threatqa.dense import DENSE_CODES, Carried, DenseConfig, DenseIndex, build_dense, lattice_ranges, write_dense
 from threatqa.embeddings import load_embedder
 from threatqa.errors import IndexMismatch
@@ -117,7 +118,7 @@ def test_approximate_index_decodes_vectors_for_incremental_builds(approximate_in
     index_dir, embedder = approximate_index
     index = open_index(index_dir)
     assert isinstance(index.dense.faiss, faiss.IndexIVF)
-    assert sorted(p.name for p in index.folder.glob("*.npy")) == [
+    assert sorted(p.name.removesuffix(arrays.PACKED) for p in index.folder.glob("*.npy*")) == [
         "digests.npy", "terms.npy", "window-counts.npy", "windows.npy"
     ]  # fmt: skip
     passages = index.chunks(list(range(len(index))))
@@ -185,8 +186,8 @@ def test_written_codes_read_back_exactly(tmp_path: Path, codes: str, threshold: 
         np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(index.windows, np.stack([windows[:, 0], windows[:, 1] % 100, windows[:, 2] % 100], 1))
     assert (
-        np.load(tmp_path / "windows.npy").dtype == np.uint8
-        and np.load(tmp_path / "window-counts.npy").dtype == np.uint8
+        arrays.load(tmp_path / "windows.npy").dtype == np.uint8
+        and arrays.load(tmp_path / "window-counts.npy").dtype == np.uint8
     )
 
 
@@ -207,7 +208,7 @@ def test_long_passages_get_wider_window_offsets(tmp_path: Path) -> None:
     windows = np.array([[0, 0, 70_000], [0, 70_000, 70_100], [1, 70_200, 70_300]])
     write_dense(tmp_path, clustered(3, 40), windows, np.array([0, 70_150]), DenseConfig())
     index = DenseIndex.open(tmp_path, 2, 40)
-    assert np.load(tmp_path / "windows.npy").dtype == np.uint32
+    assert arrays.load(tmp_path / "windows.npy").dtype == np.uint32
     assert index.windows.tolist() == [[0, 0, 70_000], [0, 70_000, 70_100], [1, 50, 150]]
 
 
@@ -236,8 +237,9 @@ def test_damaged_dense_files_are_refused(tmp_path: Path, damage: str) -> None:
         frame = brotli.compress(bytes(records))
         path.write_bytes(len(frame).to_bytes(4, "little") + frame)
     else:
-        counts = np.load(tmp_path / "window-counts.npy")
+        counts = arrays.load(tmp_path / "window-counts.npy")
         counts[0] += 1
-        np.save(tmp_path / "window-counts.npy", counts)
+        arrays.stored(tmp_path / "window-counts.npy").unlink()
+        arrays.save(tmp_path / "window-counts.npy", counts)
     with pytest.raises(IndexMismatch, match=r"dense\.faiss (is unreadable|holds 3000 vectors)"):
         DenseIndex.open(tmp_path, 1000, 40)

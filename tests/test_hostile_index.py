@@ -5,6 +5,7 @@ the server up; documents changed during a build are picked up next time; reloads
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import string
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from pathlib import Path
 import brotli
 import pytest
 
+from threatqa import arrays
 from threatqa.config import Settings
 from threatqa.engine import Engine, index_folder
 from threatqa.errors import IndexMismatch
@@ -86,9 +88,14 @@ def test_start_on_a_damaged_live_version_falls_back_to_the_previous_one(settings
     assert any("is damaged" in n and previous.name in n for n in engine.status().notices)
 
 
+def _arrays(folder: Path) -> list[Path]:
+    """The files of saved arrays under `folder`, compressed (`.npy.br`) or not (arrays.py)."""
+    return [p for p in folder.rglob("*") if ".npy" in p.suffixes]
+
+
 def test_truncated_mapped_file_at_restart_falls_back(settings: Settings) -> None:
     previous, live = _two_versions(settings)
-    mapped = max((p for p in (live / "bm25").iterdir() if p.suffix == ".npy"), key=lambda p: p.stat().st_size)
+    mapped = max(_arrays(live / "bm25"), key=lambda p: p.stat().st_size)
     mapped.chmod(0o644)
     with open(mapped, "r+b") as handle:
         handle.truncate(mapped.stat().st_size // 2)
@@ -99,10 +106,11 @@ def test_truncated_mapped_file_at_restart_falls_back(settings: Settings) -> None
 def test_large_index_checks_checksums_in_the_background(settings: Settings, monkeypatch) -> None:
     monkeypatch.setattr("threatqa.versions.VERIFY_CHECKSUMS_BELOW", 0)
     monkeypatch.setattr("threatqa.versions.VERIFY_FILES_BELOW", 0)
+    monkeypatch.setattr("threatqa.arrays.PACK_BELOW", 0)  # a large index's arrays: plain files, read as they are
     build_index(settings.docs, settings.index, None, warn=_quiet)
     live = current_version(settings.index)
     assert open_index(settings.index).wait_checked(30) is None
-    target = max((p for p in (live / "bm25").iterdir() if p.suffix == ".npy"), key=lambda p: p.stat().st_size)
+    target = max(_arrays(live / "bm25"), key=lambda p: p.stat().st_size)
     target.chmod(0o644)
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF  # same size, one byte other
@@ -110,6 +118,22 @@ def test_large_index_checks_checksums_in_the_background(settings: Settings, monk
     index = open_index(settings.index, fallback=False)
     assert index.folder == live  # opened at once: only sizes were checked before
     assert target.name in (index.wait_checked(30) or "")
+
+
+def test_a_damaged_compressed_array_found_while_checksums_wait_falls_back(settings: Settings, monkeypatch) -> None:
+    """A large index opens before its larger files' checksums are made; a compressed array among them that
+    does not decompress is damage found at once (the previous version opens), never an error of another kind."""
+    previous, live = _two_versions(settings)
+    monkeypatch.setattr("threatqa.versions.VERIFY_CHECKSUMS_BELOW", 0)
+    monkeypatch.setattr("threatqa.versions.VERIFY_FILES_BELOW", 0)
+    target = max((p for p in _arrays(live / "bm25") if p.suffix == arrays.PACKED), key=lambda p: p.stat().st_size)
+    target.chmod(0o644)
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2] + b"\xff" * (len(data) - len(data) // 2))  # same size, cut off
+    with pytest.raises(IndexMismatch, match=f"{re.escape(target.name)} cannot be decompressed"):
+        open_index(settings.index, fallback=False)
+    index = open_index(settings.index)
+    assert index.folder == previous and target.name in (index.fallback_notice or "")
 
 
 def test_files_of_a_version_are_read_only(settings: Settings) -> None:
@@ -222,7 +246,7 @@ def test_index_files_truncated_under_a_running_engine_do_no_harm(settings: Setti
     hybrid = settings.model_copy(update={"model": str(tiny_model)})
     engine = Engine.start(hybrid, build="stale", log=_quiet)
     before = engine.ask(QUESTION)
-    for path in [*engine.index.folder.rglob("*.npy"), *engine.index.folder.rglob("*.faiss")]:
+    for path in [*_arrays(engine.index.folder), *engine.index.folder.rglob("*.faiss")]:
         path.chmod(0o644)
         with open(path, "r+b") as handle:
             handle.truncate(0)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from threatqa import arrays
 from threatqa.chunking import Chunk, ChunkConfig, Span, chunk_documents, windows
 from threatqa.dense import Carried, DenseConfig, TermVectors, compute_threads, write_dense
 from threatqa.embeddings import Embedder
@@ -331,7 +332,7 @@ def _write_version(
     staging = index_dir / f".tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        np.save(staging / DIGESTS, passage_digests([c.text for c in chunks]))
+        arrays.save(staging / DIGESTS, passage_digests([c.text for c in chunks]))
         LexicalIndex.build([c.text for c in chunks], staging / BM25_DIR)
         # the documents' text blocks (`blocks`: being made, texts the previous version holds carried over)
         write_store(staging / CHUNKS, documents, chunks, blocks=blocks.result() if blocks is not None else None)

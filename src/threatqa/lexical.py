@@ -40,6 +40,7 @@ from numba import njit
 from scipy import sparse
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
+from threatqa import arrays
 from threatqa.chunking import Span, paragraphs, sentences
 from threatqa.errors import IndexMismatch
 from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _mean, _segment_sums, _sum_by_passage
@@ -285,7 +286,7 @@ class WordView:
 
     def save(self, folder: Path) -> None:
         for name in self.FILES:
-            np.save(folder / f"word-{name}.npy", getattr(self, name.replace("-", "_")))
+            arrays.save(folder / f"word-{name}.npy", getattr(self, name.replace("-", "_")))
 
     @classmethod
     def load(cls, folder: Path) -> WordView:
@@ -337,7 +338,7 @@ class LexicalIndex:
         self.idf = self.words.idf()  # in memory: stems x 2 floats
         self.lengths = self.words.sentence_lengths, self.words.passage_lengths
         self.means = np.array([_mean(lengths) for lengths in self.lengths])
-        self.sentence_starts = np.load(folder / "sentence_starts.npy")  # each passage's first sentence
+        self.sentence_starts = arrays.load(folder / "sentence_starts.npy")  # each passage's first sentence
         self.sentence_ends = np.append(self.sentence_starts[1:], int(meta["sentences"]))
         self.chars = CharView.load(folder)
         self.largest = self.chars.largest(self.sentence_starts, self.sentence_ends)
@@ -363,7 +364,7 @@ class LexicalIndex:
         for first in range(0, len(texts), BATCH):
             chars.add(list(_sentences(texts[first : first + BATCH])), per_passage[first : first + BATCH])
         chars.finish()
-        np.save(folder / "sentence_starts.npy", (np.cumsum(per_passage) - per_passage).astype(np.int64))
+        arrays.save(folder / "sentence_starts.npy", (np.cumsum(per_passage) - per_passage).astype(np.int64))
         vocabulary = {term: int(column) for term, column in vectorizer.vocabulary_.items()}
         meta = {"count": len(texts), "sentences": int(per_passage.sum()), "vocabulary": vocabulary}
         (folder / cls.META).write_text(json.dumps(meta))

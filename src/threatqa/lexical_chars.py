@@ -36,7 +36,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.utils import murmurhash3_32
 
-from threatqa.dense import load_array
+from threatqa import arrays
 from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _sum_by_passage
 from threatqa.lexical_subset import CharStatistics
 
@@ -273,7 +273,7 @@ class CharView:
     def load(cls, folder: Path) -> CharView:
         meta = json.loads((folder / cls.META).read_text())
         file = (folder / cls.TOKENS).open("rb", buffering=0)
-        indptr = np.load(folder / "char-indptr.npy").astype(np.int64)
+        indptr = arrays.load(folder / "char-indptr.npy").astype(np.int64)
         if os.fstat(file.fileno()).st_size != int(indptr[-1]):
             file.close()
             raise ValueError(f"{file.name} does not hold the {int(indptr[-1])} bytes its index says")
@@ -340,8 +340,8 @@ class CharView:
 
 
 def _open(path: Path) -> np.ndarray:
-    """A saved array, read in or, when large, memory-mapped (dense.load_array)."""
-    return load_array(path)
+    """A saved array, read in or, when large, memory-mapped (arrays.load)."""
+    return arrays.load(path)
 
 
 class CharWriter:
@@ -386,15 +386,15 @@ class CharWriter:
         words = list(self.ids)
         grams = [_word_ngrams(words[i]) for i in order]
         word_indptr = np.concatenate(([0], np.cumsum([len(g) for g in grams]))).astype(np.int64)
-        np.save(self.folder / "char-word-indptr.npy", _smallest_uint(word_indptr))
-        np.save(self.folder / "char-word-ngrams.npy", np.concatenate(grams) if grams else np.zeros(0, np.int32))
+        arrays.save(self.folder / "char-word-indptr.npy", _smallest_uint(word_indptr))
+        arrays.save(self.folder / "char-word-ngrams.npy", np.concatenate(grams) if grams else np.zeros(0, np.int32))
         ngrams = np.flatnonzero(self.df[0]).astype(np.int32)
-        np.save(self.folder / "char-ngrams.npy", ngrams)
-        np.save(self.folder / "char-df.npy", _smallest_uint(np.stack([d[ngrams] for d in self.df], axis=1)))
+        arrays.save(self.folder / "char-ngrams.npy", ngrams)
+        arrays.save(self.folder / "char-df.npy", _smallest_uint(np.stack([d[ngrams] for d in self.df], axis=1)))
         sizes = self._encode(rank, int(tokens.sum()))
         token_starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))  # and the end
         indptr = token_starts[np.concatenate(([0], np.cumsum(tokens)))]
-        np.save(self.folder / "char-indptr.npy", _smallest_uint(indptr))
+        arrays.save(self.folder / "char-indptr.npy", _smallest_uint(indptr))
         meta = {"sentences": len(tokens), "passages": self.passages,
                 "means": [self.lengths[0] / max(len(tokens), 1), self.lengths[0] / max(self.passages, 1)]}  # fmt: skip
         (self.folder / CharView.META).write_text(json.dumps(meta))

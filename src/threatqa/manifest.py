@@ -24,7 +24,7 @@ from threatqa.ingest import EXTRACTION_VERSION, IngestLimits, file_sha256, iter_
 # text), the lexical views' compact formats; 8: window vectors kept only as scalar-quantiser codes,
 # term vectors as int8, text blocks compressed; 9: text blocks Brotli-compressed in their own file
 # (chunks.blocks), the vector codes compressed (dense.codes), windows as offsets in their passage
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 MANIFEST = "manifest.json"
 
 

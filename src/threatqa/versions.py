@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from threatqa import arrays
 from threatqa.chunking import Chunk
 from threatqa.dense import DenseIndex
 from threatqa.errors import IndexMismatch, IndexMissing
@@ -181,12 +182,16 @@ def open_version(folder: Path, verify: bool = True) -> Index:
         dense = None
         if manifest.has_dense:
             dense = DenseIndex.open(folder, manifest.chunk_count, int(manifest.dimension or 0))
-        digests = np.load(folder / DIGESTS) if DIGESTS in manifest.files else None
+        try:  # damage in a large index's files is found here when their checksums are still being made
+            digests = arrays.load(folder / DIGESTS) if arrays.stored(folder / DIGESTS).name in manifest.files else None
+            lexical = LexicalIndex(folder / BM25_DIR)
+        except ValueError as exc:
+            raise IndexMismatch(f"index {folder} is unreadable ({exc}); rebuild with `threatqa index`") from None
         if digests is not None and len(digests) != manifest.chunk_count:
             raise IndexMismatch(f"{folder / DIGESTS} has {len(digests)} rows for {manifest.chunk_count} passages")
         texts = {str(info["id"]): str(info["text_sha256"]) for info in manifest.documents.values()}
         store = ChunkStore(folder / CHUNKS, digests, texts)
-        index = Index(folder, manifest, store, LexicalIndex(folder / BM25_DIR), dense)
+        index = Index(folder, manifest, store, lexical, dense)
     if later:
         index.check_in_background(later)
     return index
