@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from threatqa import arrays
+from threatqa.dense import TermVectors
 from threatqa.embeddings import Embedder, load_embedder
 from threatqa.errors import IndexMismatch, IndexMissing, ModelUnavailable
 from threatqa.index import SCHEMA_VERSION, build_index, current_version, is_stale, open_index
@@ -345,6 +346,27 @@ def test_an_index_of_an_earlier_schema_is_rebuilt(tmp_path: Path, docs: Path) ->
     assert any("previous index not reused" in w and "schema" in w for w in warnings)
     index = open_index(index_dir)
     assert index.manifest.schema_version == SCHEMA_VERSION and index.chunks([0])[0].text
+
+
+def test_term_vectors_come_back_with_the_very_codes_saved(tmp_path: Path) -> None:
+    """Saved a row per dimension less its median (modulo 256), the codes come back exactly, the
+    extremes too: a median near one end and codes at the other wrap around and back."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((40, 16)).astype(np.float32)
+    vectors[:25, 0] = 50.0  # dimension 0: median code 127 ...
+    vectors[25:, 0] = -50.0  # ... and codes of -127 (a difference of -254)
+    vectors[7] = 0.0  # a zero vector stays zero
+    terms = TermVectors([f"w{i}" for i in range(40)], vectors)
+    terms.save(tmp_path)
+    rows = arrays.load(tmp_path / "terms.npy")
+    assert rows.shape == (16, 41) and rows.dtype == np.int8 and rows[0, 0] == 127
+    again = TermVectors.open(tmp_path)
+    np.testing.assert_array_equal(again.codes(), terms.codes())
+    assert again.words == terms.words and not again.vectors[7].any()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    TermVectors([], np.zeros((0, 16), np.float32)).save(empty)
+    assert TermVectors.open(empty).vectors.shape == (0, 16)
 
 
 def test_term_vectors_are_int8_and_read_back_within_2e3(tmp_path: Path, docs: Path, embedder: Embedder) -> None:
