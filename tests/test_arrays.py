@@ -18,6 +18,7 @@ def test_a_small_compressible_array_is_saved_compressed_and_read_back_exactly(tm
     assert arrays.stored(tmp_path / "counts.npy") == written
     back = arrays.load(tmp_path / "counts.npy")
     assert back.dtype == np.uint8 and back.shape == counts.shape and np.array_equal(back, counts)
+    assert back.flags.writeable and back.flags.owndata  # its own memory, as a plain file read in
 
 
 def test_arrays_that_do_not_compress_or_are_large_stay_plain(tmp_path: Path, monkeypatch) -> None:
