@@ -44,7 +44,7 @@ from threatqa import arrays
 from threatqa.chunking import Span, paragraphs, sentences
 from threatqa.errors import IndexMismatch
 from threatqa.lexical_bm25 import _TOKEN, K1, B, _idf, _mean, _segment_sums, _sum_by_passage
-from threatqa.lexical_chars import CharView, CharWriter, _ngram_counts, _open
+from threatqa.lexical_chars import CharView, CharWriter, _ngram_counts
 from threatqa.lexical_subset import Part, Statistics, combine, parts
 
 SENTENCE_WEIGHT = 0.5
@@ -290,7 +290,7 @@ class WordView:
 
     @classmethod
     def load(cls, folder: Path) -> WordView:
-        return cls(*(_open(folder / f"word-{name}.npy") for name in cls.FILES))
+        return cls(*(arrays.load(folder / f"word-{name}.npy") for name in cls.FILES))
 
     def idf(self) -> np.ndarray:
         """Each stem's IDF over passages and over sentences (float32, stems x 2)."""

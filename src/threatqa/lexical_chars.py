@@ -18,6 +18,7 @@ Files in the bm25/ folder:
     char-ngrams.npy, char-df.npy   the n-gram hashes the corpus has, ascending, and for each the
                            sentences and passages that have it
     char.json              sentences, passages, and their mean lengths in n-grams
+(each `.npy` array may be stored compressed, as `.npy.br`: arrays.py)
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ class CharView:
         if os.fstat(file.fileno()).st_size != int(indptr[-1]):
             file.close()
             raise ValueError(f"{file.name} does not hold the {int(indptr[-1])} bytes its index says")
-        mapped = (_open(folder / f"char-{part}.npy") for part in ("word-indptr", "word-ngrams", "ngrams", "df"))
+        mapped = (arrays.load(folder / f"char-{part}.npy") for part in ("word-indptr", "word-ngrams", "ngrams", "df"))
         means = np.array(meta["means"], dtype=np.float64)
         return cls(file, indptr, *mapped, sentences=int(meta["sentences"]), passages=int(meta["passages"]),
                    means=means)  # fmt: skip
@@ -337,11 +338,6 @@ class CharView:
         if status:
             raise OSError(f"{self.file.name}: short read")
         return passages, best
-
-
-def _open(path: Path) -> np.ndarray:
-    """A saved array, read in or, when large, memory-mapped (arrays.load)."""
-    return arrays.load(path)
 
 
 class CharWriter:

@@ -38,12 +38,14 @@ DIGEST_BYTES = 16  # of each passage's sha256: collisions by accident are out of
 _CHUNK_COLUMNS = ", ".join(["doc", *(f'"{f.name}"' for f in fields(Chunk) if f.name not in ("id", "doc_id", "text"))])
 # characters of document text a block, compressed alone; a passage is cut from the one or two blocks it
 # spans. Blocks of 1,024 / 2,048 / 4,096 characters took 0.55 / 0.50 / 0.47x their bytes with zlib and
-# 13 / 21 / 36 us to decompress (2 shared cores), so 4,096. Brotli at its best quality (whose built-in
+# 13 / 21 / 36 us to decompress (2 shared cores), so 4,096. Brotli at quality 10 or 11 (whose built-in
 # dictionary of common words and phrases suits short texts) took 0.34x on this corpus and 0.32x on real
-# prose (zlib 0.47x and 0.42x), in the same time to decompress (33 us a block); it compresses at about
-# 0.6 MB/s, so blocks of documents whose text did not change are carried over from the previous version
+# prose (zlib 0.47x and 0.42x), in the same time to decompress (33 us a block); blocks of documents whose
+# text did not change are carried over from the previous version. Quality 10 compresses the benchmark's
+# 1k corpus (415 KB) in 0.25 s to 0.354x, quality 11 in 0.58 s to 0.346x (9 and below: 0.02 s, 0.43x):
+# made beside the embedding, those 0.33 s came out of the embedding's time on 2 cores (issue 17)
 TEXT_BLOCK = 4096
-QUALITY = 11
+QUALITY = 10
 WINDOW = 16  # log2 of Brotli's window: 64 KB holds a block whole, and its decoder needs no more
 BLOCKS_SQL = "SELECT key, offset, size FROM blocks"
 
