@@ -192,9 +192,7 @@ def test_written_codes_read_back_exactly(tmp_path: Path, codes: str, threshold: 
 
 
 def test_an_index_too_large_to_read_in_is_written_whole_and_mapped(tmp_path: Path, monkeypatch) -> None:
-    from threatqa import dense
-
-    monkeypatch.setattr(dense, "MAP_ABOVE_BYTES", 1000)
+    monkeypatch.setattr(arrays, "MAP_ABOVE_BYTES", 1000)
     vectors = clustered(3000, 40, seed=4)
     config = DenseConfig(ann_threshold=1000)
     windows = _written(tmp_path, vectors, config)

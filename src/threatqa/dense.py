@@ -38,7 +38,6 @@ import numpy as np
 from numba import njit
 
 from threatqa import arrays
-from threatqa.arrays import MAP_ABOVE_BYTES
 from threatqa.errors import IndexMismatch
 
 DENSE = "dense.faiss"
@@ -141,7 +140,7 @@ class DenseIndex:
         import faiss
 
         try:
-            mapped = (folder / DENSE).stat().st_size > MAP_ABOVE_BYTES
+            mapped = (folder / DENSE).stat().st_size > arrays.MAP_ABOVE_BYTES
             flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else faiss.IO_FLAG_READ_ONLY
             index = faiss.read_index(str(folder / DENSE), flags)
             if (folder / DENSE_CODES).is_file():
@@ -496,11 +495,11 @@ def write_dense(
 ) -> None:
     """The dense files into folder, from the windows' vectors and their (passage row, start, end) in the
     document, given each passage's start (`carried`: see build_dense). An index too large to read in
-    (MAP_ABOVE_BYTES) is written whole to dense.faiss, so that it can be memory-mapped."""
+    (arrays.MAP_ABOVE_BYTES) is written whole to dense.faiss, so that it can be memory-mapped."""
     import faiss
 
     index = build_dense(vectors, config, carried)
-    if index.sa_code_size() * index.ntotal <= MAP_ABOVE_BYTES:  # type: ignore[attr-defined]
+    if index.sa_code_size() * index.ntotal <= arrays.MAP_ABOVE_BYTES:  # type: ignore[attr-defined]
         write_codes(index, folder / DENSE_CODES)
         index.reset()  # type: ignore[attr-defined]
     faiss.write_index(index, str(folder / DENSE))
