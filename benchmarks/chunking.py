@@ -92,8 +92,7 @@ def main() -> None:
             old = [d.text[s.start : s.end] for d in loaded for s in old_passages(d.text, d.body_start)]
             new_chunks = chunk_documents(loaded, ChunkConfig())
             by_doc = {d.id: d for d in loaded}
-            spans = [windows(by_doc[c.doc_id].text, [Span(c.start, c.end)], 200, embedder.max_tokens,
-                             embedder.count_tokens)[0] for c in new_chunks]  # fmt: skip
+            spans = [windows(by_doc[c.doc_id].text, [Span(c.start, c.end)], 200, embedder.fits)[0] for c in new_chunks]
             new = [by_doc[c.doc_id].text[s.start : s.end] for c, part in zip(new_chunks, spans) for s in part]
             old_s = median_seconds(embedder.encode_documents, old)
             new_s = median_seconds(embedder.encode_documents, new)

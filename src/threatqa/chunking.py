@@ -209,25 +209,21 @@ def _windows(sents: list[Span], size: int, overlap: int) -> Iterable[Span]:
 
 
 def windows(
-    text: str,
-    passages: list[Span],
-    size: int,
-    max_tokens: int | None = None,
-    count_tokens: Callable[[list[str]], list[int]] | None = None,
+    text: str, passages: list[Span], size: int, fits: Callable[[list[str]], list[bool]] | None = None
 ) -> list[list[Span]]:
     """The spans embedded for each passage: whole sentences up to about `size` characters each,
-    together covering the passage once; a span over `max_tokens` (by `count_tokens`) is halved at
-    a space until it fits, so the model never truncates."""
+    together covering the passage once; a span that does not `fit` the model (its token limit) is
+    halved at a space until it does, so the model never truncates."""
     result = [list(_windows(sentences(text, p), size, 0)) for p in passages]
-    if max_tokens is None or count_tokens is None:
+    if fits is None:
         return result
     pending = [(i, span) for i, spans in enumerate(result) for span in spans]
     fitted: list[tuple[int, Span]] = []
-    while pending:  # each round counts every span still in question in one batch
-        counts = count_tokens([text[span.start : span.end] for _, span in pending])
+    while pending:  # each round asks about every span still in question in one batch
+        answers = fits([text[span.start : span.end] for _, span in pending])
         over: list[tuple[int, Span]] = []
-        for (i, span), n in zip(pending, counts):
-            if n <= max_tokens or span.end - span.start <= 1:
+        for (i, span), fit in zip(pending, answers):
+            if fit or span.end - span.start <= 1:
                 fitted.append((i, span))
             else:
                 over.extend((i, part) for part in _halve(text, span))

@@ -234,8 +234,7 @@ def _vectors(
     same_model = previous is not None and previous.dense is not None and previous.manifest.built_with(embedder)
     for document in documents:
         rows = rows_of.get(document.id, [])
-        parts = windows(document.text, [Span(chunks[r].start, chunks[r].end) for r in rows], window,
-                        embedder.max_tokens, embedder.count_tokens)  # fmt: skip
+        parts = windows(document.text, [Span(chunks[r].start, chunks[r].end) for r in rows], window, embedder.fits)
         first = len(spans)
         spans.extend((row, s.start, s.end) for row, part in zip(rows, parts) for s in part)
         old = old_docs.get(document.path)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from threatqa.embeddings import fitting, sure_chars
 from threatqa.errors import ModelUnavailable
 
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "threatqa" / "onnx"
@@ -80,11 +81,16 @@ class OnnxEmbedder:
         self._document_session: Any = None
         self._lock = threading.Lock()
         self._counter = _tokenizer(folder / "tokenizer.json", None)
+        self._sure = sure_chars(self.max_tokens, self.count_tokens([""])[0], self.spec.document_prompt)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text takes as a passage (special tokens and the document prompt included)."""
         prompt = self.spec.document_prompt
-        return [len(e.ids) for e in self._counter.encode_batch([prompt + t for t in texts])] if texts else []
+        return [len(e.ids) for e in self._counter.encode_batch_fast([prompt + t for t in texts])] if texts else []
+
+    def fits(self, texts: list[str]) -> list[bool]:
+        """Whether each text, as a passage, is within `max_tokens` (short ASCII texts are not tokenized)."""
+        return fitting(texts, self.max_tokens, self._sure, self.count_tokens)
 
     def encode_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Vectors for passages, with the model's document prompt when it has one."""
