@@ -114,6 +114,20 @@ def time_interleaved(
     return samples
 
 
+def time_blocks(
+    fns: dict[str, Callable[[object], object]], inputs: list[object], rounds: int = 3
+) -> dict[str, list[float]]:
+    """Milliseconds of each fn(x), each fn over all the inputs in a block of its own, the blocks in turn
+    (A B A B ...) `rounds` times over: each fn runs back to back, as a server answering a stream of
+    questions does, with its own code and data in the caches (in turn on each input, a fn in another
+    process finds them full of the others'), and alternating spreads the machine's drift over all."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].extend(time_calls(fn, inputs))
+    return samples
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB.
 
