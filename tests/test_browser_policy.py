@@ -46,6 +46,7 @@ SECRETS = {
 }
 OWN_PATH = {"red": "red/scarlet-harbour.txt", "blue": "blue/azure-estuary.txt"}
 TEXT_TYPES = ("text/", "application/json", "application/javascript", "event-stream")
+STREAM = "/gradio_api/queue/data"  # the chat's replies come over this event stream
 
 
 def _headers(team: str) -> dict[str, str]:
@@ -108,18 +109,28 @@ class Seen:
         self.finished: list[Any] = []
         self.bodies: list[tuple[str, str]] = []
         self.pages: list[tuple[str, str]] = []
+        self.streams = [0, 0]  # the chat's event streams opened, and ended (finished or failed)
 
     def record(self, page: Any) -> Any:
         # a response whose body has all arrived (an event stream once it has closed)
         page.on("requestfinished", lambda request: self.finished.append(request))
+        page.on("request", lambda request: self._stream(request, 0))
+        page.on("requestfinished", lambda request: self._stream(request, 1))
+        page.on("requestfailed", lambda request: self._stream(request, 1))
         return page
 
-    def settle(self, page: Any, part: str = "/gradio_api/queue/data", seconds: float = 15.0) -> str:
-        """Waits until a response whose URL has `part` has arrived in full (the chat's event stream
-        closes once its replies are sent), then keeps the page (`keep`) while its bodies last."""
+    def _stream(self, request: Any, end: int) -> None:
+        if STREAM in request.url:
+            self.streams[end] += 1
+
+    def settle(self, page: Any, seconds: float = 60.0) -> str:
+        """Waits until every event stream of the chat has closed (Gradio's stays open for a while after
+        the replies it carried: up to its 15 s heartbeat, so a question asked meanwhile shares it), then
+        keeps the page (`keep`) while its bodies last."""
         deadline = time.monotonic() + seconds
-        while not any(part in request.url for request in self.finished) and time.monotonic() < deadline:
+        while self.streams[0] > self.streams[1] and time.monotonic() < deadline:
             page.wait_for_timeout(100)
+        assert self.streams[0] == self.streams[1], f"the chat's event stream did not close in {seconds:.0f} s"
         return self.keep(page)
 
     def keep(self, page: Any) -> str:
