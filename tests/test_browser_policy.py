@@ -109,24 +109,29 @@ class Seen:
         self.finished: list[Any] = []
         self.bodies: list[tuple[str, str]] = []
         self.pages: list[tuple[str, str]] = []
-        self.streams = [0, 0]  # the chat's event streams opened, and ended (finished or failed)
+        self.streams = [0, 0]  # the chat's event streams asked for, and read whole
 
     def record(self, page: Any) -> Any:
-        # a response whose body has all arrived (an event stream once it has closed)
+        # a response whose body has all arrived; the chat's event streams are read on their way to the page,
+        # as the browser keeps no body of one its page stops reading (Gradio's client may let go of a
+        # stream before it has closed: a failed request, whose body CI found missing)
         page.on("requestfinished", lambda request: self.finished.append(request))
-        page.on("request", lambda request: self._stream(request, 0))
-        page.on("requestfinished", lambda request: self._stream(request, 1))
-        page.on("requestfailed", lambda request: self._stream(request, 1))
+        page.on("request", lambda request: self._count(request))
+        page.route(f"**{STREAM}**", self._stream)
         return page
 
-    def _stream(self, request: Any, end: int) -> None:
+    def _count(self, request: Any) -> None:
         if STREAM in request.url:
-            self.streams[end] += 1
+            self.streams[0] += 1
+
+    def _stream(self, route: Any) -> None:
+        response = route.fetch()  # the whole stream, as the server sent it (it closes once its events are sent)
+        self.bodies.append((route.request.url, response.text()))
+        self.streams[1] += 1
+        route.fulfill(response=response)
 
     def settle(self, page: Any, seconds: float = 60.0) -> str:
-        """Waits until every event stream of the chat has closed (Gradio's stays open for a while after
-        the replies it carried: up to its 15 s heartbeat, so a question asked meanwhile shares it), then
-        keeps the page (`keep`) while its bodies last."""
+        """Waits until every event stream of the chat has been read whole, then keeps the page (`keep`)."""
         deadline = time.monotonic() + seconds
         while self.streams[0] > self.streams[1] and time.monotonic() < deadline:
             page.wait_for_timeout(100)
@@ -135,13 +140,13 @@ class Seen:
 
     def keep(self, page: Any) -> str:
         """The page's HTML now, kept with the bodies of the responses received so far (read before the
-        page closes, after which its bodies are gone)."""
+        page closes, after which its bodies are gone); the event streams' are kept as they arrive."""
         html = page.content()
         self.pages.append((page.url, html))
         for request in self.finished:
             response = request.response()
             kind = response.headers.get("content-type", "") if response else ""
-            if any(text in kind for text in TEXT_TYPES) and not 300 <= response.status < 400:
+            if STREAM not in request.url and any(t in kind for t in TEXT_TYPES) and not 300 <= response.status < 400:
                 self.bodies.append((response.url, response.body().decode("utf-8", "replace")))
         self.finished = []
         return html
