@@ -112,9 +112,9 @@ class Seen:
         self.streams = [0, 0]  # the chat's event streams asked for, and read whole
 
     def record(self, page: Any) -> Any:
-        # a response whose body has all arrived; the chat's event streams are read on their way to the page,
-        # as the browser keeps no body of one its page stops reading (Gradio's client may let go of a
-        # stream before it has closed: a failed request, whose body CI found missing)
+        # a response whose body has all arrived; the chat's event streams are read on their way to the page:
+        # read back from the browser, only 1-3 of a team's 6 came with a body (the others ended let go of by
+        # the page, or after its last read), and CI once found none of the replies
         page.on("requestfinished", lambda request: self.finished.append(request))
         page.on("request", lambda request: self._count(request))
         page.route(f"**{STREAM}**", self._stream)
