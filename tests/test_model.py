@@ -174,7 +174,7 @@ def test_a_question_and_its_words_are_embedded_in_one_call_as_they_would_be_alon
 
 
 def test_no_ascii_text_takes_more_tokens_of_the_bundled_model_than_fitting_assumes() -> None:
-    """`fitting` passes short ASCII windows without tokenizing them: at most one token a character, one
+    """`TokenFit.fits` passes short ASCII windows without tokenizing them: at most one token a character, one
     for a prefix, and the special tokens, checked here on the real model's own tokenizer."""
     from tokenizers import Tokenizer
 

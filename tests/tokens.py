@@ -1,4 +1,4 @@
-"""Texts that make the most tokens a tokenizer can make of ASCII, for the checks of `embeddings.fitting`."""
+"""Texts that make the most tokens a tokenizer can make of ASCII, for the checks of `embeddings.TokenFit`."""
 
 from __future__ import annotations
 

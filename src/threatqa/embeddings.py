@@ -15,13 +15,13 @@ so the same model at another path is the same model, and a model replaced in pla
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,28 +154,39 @@ def expected_weights(source: ModelSource, configured: str = "") -> str | None:
     return configured or PUBLISHED_WEIGHTS.get(source.name)
 
 
-def sure_chars(max_tokens: int, empty: int, prompt: str) -> int:
-    """The longest ASCII text that surely fits in `max_tokens` as a passage, untokenized: `empty` is the tokens
-    of an empty passage (special tokens and the prompt). Every token a tokenizer makes of ASCII text covers at
-    least one of its characters (WordPiece, BPE, Unigram and word-level models alike; normalisers such as
-    lower-casing and NFKC do not lengthen ASCII), and one more may come from a prefix added before the text
-    (a byte-level BPE's space, SentencePiece's "▁"); the prompt's characters are counted too, in case
-    the text joins its last word."""
-    return max_tokens - empty - len(prompt) - 1 if prompt.isascii() else -1
+class TokenFit:
+    """`fits` for an embedder with `max_tokens`, `count_tokens` and `document_prompt`."""
+
+    max_tokens: int
+    document_prompt: str
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def _sure(self) -> int:
+        """The longest ASCII text that surely fits in `max_tokens` as a passage, untokenized. Every token a
+        tokenizer makes of ASCII text covers at least one of its characters (WordPiece, BPE, Unigram and
+        word-level models alike; normalisers such as lower-casing and NFKC do not lengthen ASCII), and one
+        more may come from a prefix added before the text (a byte-level BPE's space, SentencePiece's "▁");
+        an empty passage's tokens (special tokens, the prompt) and the prompt's characters are counted too,
+        in case the text joins the prompt's last word."""
+        prompt = self.document_prompt
+        return self.max_tokens - self.count_tokens([""])[0] - len(prompt) - 1 if prompt.isascii() else -1
+
+    def fits(self, texts: list[str]) -> list[bool]:
+        """Whether each text, as a passage, is within `max_tokens`: ASCII texts of at most `_sure` characters
+        without tokenizing (the windows of English text mostly are: 0.2 s of a 5 s build of 1,000 passages
+        went on counting them), the rest counted."""
+        sure = self._sure
+        todo = [i for i, text in enumerate(texts) if len(text) > sure or not text.isascii()]
+        fits = [True] * len(texts)
+        for i, n in zip(todo, self.count_tokens([texts[i] for i in todo]) if todo else ()):
+            fits[i] = n <= self.max_tokens
+        return fits
 
 
-def fitting(texts: list[str], max_tokens: int, sure: int, count: Callable[[list[str]], list[int]]) -> list[bool]:
-    """Whether each text fits in `max_tokens`: ASCII texts of at most `sure` characters without tokenizing
-    (the windows of English text mostly are: 0.2 s of a 5 s build of 1,000 passages went on counting
-    them), the rest counted."""
-    todo = [i for i, text in enumerate(texts) if len(text) > sure or not text.isascii()]
-    fits = [True] * len(texts)
-    for i, n in zip(todo, count([texts[i] for i in todo]) if todo else ()):
-        fits[i] = n <= max_tokens
-    return fits
-
-
-class Embedder:
+class Embedder(TokenFit):
     """A sentence-transformers model that returns L2-normalised float32 vectors.
 
     Normalised vectors make FAISS inner product equal to cosine similarity. `fingerprint`,
@@ -196,8 +207,8 @@ class Embedder:
         document_prompt = next(
             (model.prompts[k] for k in ("document", "passage", "corpus") if k in (model.prompts or {})), ""
         )
+        self.document_prompt = document_prompt
         self._prompt_tokens = len(self._tokenize([document_prompt])[0]) - 2 if document_prompt else 0
-        self._sure = sure_chars(self.max_tokens, self.count_tokens([""])[0], document_prompt)
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.model.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
@@ -205,10 +216,6 @@ class Embedder:
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text takes as a passage (special tokens and the document prompt included)."""
         return [len(ids) + self._prompt_tokens for ids in self._tokenize(texts)] if texts else []
-
-    def fits(self, texts: list[str]) -> list[bool]:
-        """Whether each text, as a passage, is within `max_tokens` (short ASCII texts are not tokenized)."""
-        return fitting(texts, self.max_tokens, self._sure, self.count_tokens)
 
     def encode_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Vectors for passages, with the model's document prompt when it has one."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from threatqa.embeddings import fitting, sure_chars
+from threatqa.embeddings import TokenFit
 from threatqa.errors import ModelUnavailable
 
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "threatqa" / "onnx"
@@ -52,7 +52,7 @@ class OnnxSpec:
     export_version: int = EXPORT_VERSION
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(TokenFit):
     """Embedder-compatible (encode_documents / encode_query / dimension / name) on ONNX Runtime.
 
     Queries run on a session of `query_threads` (one by default): on a 2-core machine two
@@ -72,6 +72,7 @@ class OnnxEmbedder:
         self.fingerprint = self.spec.fingerprint
         self.dimension = self.spec.dimension
         self.max_tokens = self.spec.max_length
+        self.document_prompt = self.spec.document_prompt
         self._path = folder / ("model-int8.onnx" if quantize else "model.onnx")
         self._tokenizer = _tokenizer(folder / "tokenizer.json", self.spec.max_length)
         self._query_session = _session(self._path, threads=query_threads)
@@ -81,16 +82,11 @@ class OnnxEmbedder:
         self._document_session: Any = None
         self._lock = threading.Lock()
         self._counter = _tokenizer(folder / "tokenizer.json", None)
-        self._sure = sure_chars(self.max_tokens, self.count_tokens([""])[0], self.spec.document_prompt)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text takes as a passage (special tokens and the document prompt included)."""
         prompt = self.spec.document_prompt
         return [len(e.ids) for e in self._counter.encode_batch_fast([prompt + t for t in texts])] if texts else []
-
-    def fits(self, texts: list[str]) -> list[bool]:
-        """Whether each text, as a passage, is within `max_tokens` (short ASCII texts are not tokenized)."""
-        return fitting(texts, self.max_tokens, self._sure, self.count_tokens)
 
     def encode_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Vectors for passages, with the model's document prompt when it has one."""
