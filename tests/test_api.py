@@ -83,6 +83,26 @@ def test_ask_rejects_bad_input_with_clear_messages(client: TestClient, settings:
     assert "question: Field required" in missing.json()["detail"]
 
 
+def test_ask_takes_json_only_and_documents_its_body(client: TestClient, engine: Engine) -> None:
+    # the route reads its own body (PlainRoute): JSON by its Content-Type only, as FastAPI's body parameters
+    body = b'{"question": "How many people are involved in serious organised crime?"}'
+    for kind in ("application/json; charset=utf-8", "Application/JSON", "application/vnd.threatqa+json"):
+        assert client.post("/api/ask", content=body, headers={"Content-Type": kind}).json()["answered"] is True
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""):
+        refused = client.post("/api/ask", content=body, headers={"Content-Type": kind})
+        assert refused.status_code == 422, kind
+        assert refused.json()["detail"] == "invalid request: body: send JSON, with Content-Type: application/json"
+    assert len(engine.audit.records()) == 3  # nothing refused was answered or logged
+    broken = client.post("/api/ask", content=b'{"question": ', headers={"Content-Type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["detail"].startswith("invalid request: body: Invalid JSON")
+    extra = client.post("/api/ask", json={"question": QUESTION, "top": 3})
+    assert extra.json()["detail"] == "invalid request: top: Extra inputs are not permitted"
+    schema = client.get("/api/openapi.json").json()["paths"]["/api/ask"]["post"]["requestBody"]
+    fields = schema["content"]["application/json"]["schema"]
+    assert schema["required"] is True and set(fields["properties"]) == {"question", "k", "documents"}
+    assert fields["required"] == ["question"] and fields["additionalProperties"] is False
+
+
 def test_documents_and_health(client: TestClient, engine: Engine) -> None:
     documents = client.get("/api/documents").json()
     assert [d["path"] for d in documents] == [d.path for d in engine.documents()]
