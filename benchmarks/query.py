@@ -22,6 +22,15 @@ each question after this process has run its own copy of the model and index thr
 so search + answer and /api/ask are timed in blocks too, each over all the questions back to back
 as a server answers a stream of them, the blocks alternating three rounds over. --keep DIR keeps
 the built corpora for reruns.
+
+    python benchmarks/query.py --sizes 10000 --keep /tmp/keepq --against /tmp/before/src
+
+--against SRC times only POST /api/ask, of two servers at once: this tree's and one run from SRC
+(another checkout's `src` folder, e.g. a `git worktree` of the commit before a change), each in a
+process of its own with its own audit log, in turn on each question (the order swapped every
+round) and in blocks, beside search + answer in blocks. On 2 cores whose speed drifts by a third
+within minutes, the difference of the two on the same question (its median) shows a change of
+0.2 ms that medians taken minutes apart do not.
 """
 
 from __future__ import annotations
@@ -139,11 +148,15 @@ def http_server(app: object) -> Iterator[http.client.HTTPConnection]:
 
 
 @contextlib.contextmanager
-def server_process(folder: Path, model: str) -> Iterator[http.client.HTTPConnection]:
-    """The app over `folder` served by uvicorn in a process of its own (this script with --http), and a
-    kept-alive connection to it once it answers."""
+def server_process(
+    folder: Path, model: str, src: Path | None = None, audit: str = "audit-server.sqlite3"
+) -> Iterator[http.client.HTTPConnection]:
+    """The app over `folder` served by uvicorn in a process of its own (this script with --http; the
+    threatqa package from `src` when given), and a kept-alive connection to it once it answers."""
     port = free_port()
-    child = subprocess.Popen([sys.executable, __file__, "--http", str(folder), "--model", model, "--port", str(port)])
+    env = dict(os.environ, PYTHONPATH=str(src)) if src else None
+    command = [sys.executable, __file__, "--http", str(folder), "--model", model, "--port", str(port), "--audit", audit]
+    child = subprocess.Popen(command, env=env)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         for _ in range(1200):
@@ -183,13 +196,13 @@ def open_engine(folder: Path, model: str, audit: str) -> tuple[object, object]:
     return settings, Engine.start(settings, build="never", log=lambda m: None)
 
 
-def http_serve(folder: Path, model: str, port: int) -> None:
+def http_serve(folder: Path, model: str, port: int, audit: str) -> None:
     """Runs in a process of its own: the app over `folder` on a loopback port until terminated."""
     import uvicorn
 
     from threatqa.api import create_app
 
-    settings, engine = open_engine(folder, model, "audit-server.sqlite3")
+    settings, engine = open_engine(folder, model, audit)
     read_through(folder / "index")
     app = create_app(settings, engine)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="critical", timeout_keep_alive=KEEP_ALIVE_S)  # type: ignore[arg-type]
@@ -247,6 +260,70 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
     return result
 
 
+def compare(folder: Path, model: str, queries: int, against: Path) -> dict[str, object]:
+    """Runs in a fresh process: /api/ask of this tree's server and of one run from `against`, in turn
+    on each question and in blocks, beside search + answer in blocks (milliseconds)."""
+    from threatqa.answer import build_answer
+
+    _, engine = open_engine(folder, model, "audit.sqlite3")
+    retriever = engine._live.retriever
+    questions, others = squad_questions()[:queries], squad_questions()[queries : 2 * queries]
+    read_through(folder / "index")
+
+    def answer(question: str) -> object:
+        found = retriever.search(question, 5)
+        return build_answer(found.question, found, engine._live.documents, retriever.index.version,
+                            retriever.index.manifest.model, ())  # fmt: skip
+
+    with (
+        server_process(folder, model, audit="audit-this.sqlite3") as this,
+        server_process(folder, model, against, audit="audit-against.sqlite3") as other,
+    ):
+        servers = {"this": this, "against": other}
+        for question in others:  # both servers' first calls and pages mapped in, not measured
+            answer(question)
+            for connection in servers.values():
+                call(connection, "POST", "/api/ask", {"question": question})
+        turns: dict[str, list[float]] = {name: [] for name in servers}
+        for round_ in range(3):
+            order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+            asks = {name: lambda q, c=servers[name]: call(c, "POST", "/api/ask", {"question": q}) for name in order}
+            for name, samples in time_interleaved(asks, questions, rounds=1).items():
+                turns[name].extend(samples)
+        blocks = time_blocks({
+            "this": lambda q: call(this, "POST", "/api/ask", {"question": q}), "answer": answer,
+            "against": lambda q: call(other, "POST", "/api/ask", {"question": q}),
+        }, questions)  # fmt: skip
+    paired = [a - b for a, b in zip(turns["this"], turns["against"], strict=True)]
+    return {"this": percentiles(turns["this"]), "against": percentiles(turns["against"]),
+            "paired": percentiles(paired), **{f"{n}_blocks": percentiles(s) for n, s in blocks.items()}}  # fmt: skip
+
+
+def run_against(sizes: list[int], real_vectors: int, queries: int, keep: Path | None, against: Path) -> None:
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = keep / str(n) if keep else Path(tmp)
+            built = corpus(n, folder, real_vectors)
+            out = subprocess.run([sys.executable, __file__, "--compare", str(folder), "--model", str(built["model"]),
+                                  "--queries", str(queries), "--against", str(against)],
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+            if out.returncode:
+                print(out.stderr[-3000:], file=sys.stderr)
+                continue
+            s = json.loads(out.stdout.strip().splitlines()[-1])
+        this, other, answer = s["this_blocks"][0], s["against_blocks"][0], s["answer_blocks"][0]
+        rows.append([f"{built['passages']:,}", s["this"][0], s["against"][0], s["paired"][0], this, other, answer,
+                     this / answer, other / answer])  # fmt: skip
+    table(
+        f"POST /api/ask p50 in ms, this tree against {against}, ONNX int8, {queries} SQuAD questions, "
+        f"{os.cpu_count()} cores (paired: this less the other on the same question, in turn)",
+        ["passages", "this, in turn", "against, in turn", "paired difference p50", "this, blocks", "against, blocks",
+         "search+answer, blocks", "this / search+answer, blocks", "against / search+answer, blocks"],
+        rows,
+    )  # fmt: skip
+
+
 def run(sizes: list[int], real_vectors: int, queries: int, keep: Path | None) -> None:
     rows, speed = [], []
     for n in sizes:
@@ -291,15 +368,22 @@ def main() -> None:
     parser.add_argument("--real-vectors", type=int, default=2000, help="largest corpus embedded with the real model")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--keep", type=Path, help="build each size under this folder and keep it (reused next run)")
+    parser.add_argument("--against", type=Path, help="time /api/ask only, against a server run from this src folder")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--compare", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--audit", default="audit-server.sqlite3", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--http", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.http:
-        http_serve(args.http, args.model, args.port)
+        http_serve(args.http, args.model, args.port, args.audit)
     elif args.serve:
         print(json.dumps(serve(args.serve, args.model, args.queries)))
+    elif args.compare:
+        print(json.dumps(compare(args.compare, args.model, args.queries, args.against)))
+    elif args.against:
+        run_against(args.sizes, args.real_vectors, args.queries, args.keep, args.against.resolve())
     else:
         run(args.sizes, args.real_vectors, args.queries, args.keep)
 
