@@ -285,15 +285,15 @@ def compare(folder: Path, model: str, queries: int, against: Path) -> dict[str, 
             for connection in servers.values():
                 call(connection, "POST", "/api/ask", {"question": question})
         turns: dict[str, list[float]] = {name: [] for name in servers}
-        for round_ in range(3):
+        blocks: dict[str, list[float]] = {name: [] for name in ("this", "answer", "against")}
+        for round_ in range(3):  # each round in the other order: neither server always goes first
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
             asks = {name: lambda q, c=servers[name]: call(c, "POST", "/api/ask", {"question": q}) for name in order}
             for name, samples in time_interleaved(asks, questions, rounds=1).items():
                 turns[name].extend(samples)
-        blocks = time_blocks({
-            "this": lambda q: call(this, "POST", "/api/ask", {"question": q}), "answer": answer,
-            "against": lambda q: call(other, "POST", "/api/ask", {"question": q}),
-        }, questions)  # fmt: skip
+            for name, samples in time_blocks({order[0]: asks[order[0]], "answer": answer, order[1]: asks[order[1]]},
+                                             questions, rounds=1).items():  # fmt: skip
+                blocks[name].extend(samples)
     paired = [a - b for a, b in zip(turns["this"], turns["against"], strict=True)]
     return {"this": percentiles(turns["this"]), "against": percentiles(turns["against"]),
             "paired": percentiles(paired), **{f"{n}_blocks": percentiles(s) for n, s in blocks.items()}}  # fmt: skip
