@@ -23,8 +23,7 @@ index, which empties the shared cache of the server's (the in-process sides shar
 it for one another): so the /api/ask goal is also timed with its two sides alone in turn (search +
 answer, then /api/ask, on each question, three rounds over), and in blocks, each over all the
 questions back to back as a server answers a stream of them, the blocks alternating three rounds
-over. --keep DIR keeps
-the built corpora for reruns.
+over. --keep DIR keeps the built corpora for reruns.
 
     python benchmarks/query.py --sizes 10000 --keep /tmp/keepq --against /tmp/before/src
 
@@ -234,31 +233,31 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
         return build_answer(found.question, found, engine._live.documents, index.version, index.manifest.model, ())
 
     with server_process(folder, model) as connection, http_server(create_app(settings, engine)) as in_process:
+
+        def api(question: str) -> bytes:
+            return call(connection, "POST", "/api/ask", {"question": question})
+
         for question in questions[:20]:  # the route's first calls (imports, pools) are not what is measured
-            call(connection, "POST", "/api/ask", {"question": question})
+            api(question)
             call(in_process, "POST", "/api/ask", {"question": question})
         for question in squad_questions()[queries : 2 * queries]:  # the server process's pages mapped in too
-            call(connection, "POST", "/api/ask", {"question": question})
+            api(question)
         # the goals' sides, timed in turn on each question, so they see the machine in the same state
         timed = time_interleaved({
             "bare": lambda q: index.dense.search(embedder.encode_query(q), 10),
             "answer": answer,
             "ask": lambda q: engine.ask(q, channel="api"),
-            "api": lambda q: call(connection, "POST", "/api/ask", {"question": q}),
+            "api": api,
             "api_thread": lambda q: call(in_process, "POST", "/api/ask", {"question": q}),
         }, questions)  # fmt: skip
         # the goal's two sides alone in turn: among all five, the server process answers each question after
         # this process has run it three times through its own copy of the model and index (search + answer,
         # Engine.ask and the in-process server share that copy, warming the caches for one another and
         # emptying them of the server process's)
-        pair = time_interleaved({
-            "answer": answer, "api": lambda q: call(connection, "POST", "/api/ask", {"question": q}),
-        }, questions)  # fmt: skip
+        pair = time_interleaved({"answer": answer, "api": api}, questions)
         # and in blocks, each side back to back: the server process with its model and index in the caches,
         # as when it answers a stream of questions, rather than after this process has run its own copy
-        blocks = time_blocks({
-            "answer": answer, "api": lambda q: call(connection, "POST", "/api/ask", {"question": q}),
-        }, questions)  # fmt: skip
+        blocks = time_blocks({"answer": answer, "api": api}, questions)
         result["health"] = percentiles(time_calls(lambda q: call(connection, "GET", "/api/health"), questions))
     result.update({name: percentiles(samples) for name, samples in timed.items()})
     result.update({f"{name}_pair": percentiles(samples) for name, samples in pair.items()})
