@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -188,6 +189,11 @@ def call(connection: http.client.HTTPConnection, method: str, path: str, body: d
     return data
 
 
+def ask(connection: http.client.HTTPConnection, question: str) -> bytes:
+    """POST /api/ask of one question on the kept connection."""
+    return call(connection, "POST", "/api/ask", {"question": question})
+
+
 def open_engine(folder: Path, model: str, audit: str) -> tuple[object, object]:
     """Settings and an engine over the corpus in `folder`, as the server opens them (no build)."""
     from threatqa.config import Settings
@@ -233,13 +239,10 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
         return build_answer(found.question, found, engine._live.documents, index.version, index.manifest.model, ())
 
     with server_process(folder, model) as connection, http_server(create_app(settings, engine)) as in_process:
-
-        def api(question: str) -> bytes:
-            return call(connection, "POST", "/api/ask", {"question": question})
-
+        api = functools.partial(ask, connection)
         for question in questions[:20]:  # the route's first calls (imports, pools) are not what is measured
             api(question)
-            call(in_process, "POST", "/api/ask", {"question": question})
+            ask(in_process, question)
         for question in squad_questions()[queries : 2 * queries]:  # the server process's pages mapped in too
             api(question)
         # the goals' sides, timed in turn on each question, so they see the machine in the same state
@@ -248,12 +251,10 @@ def serve(folder: Path, model: str, queries: int) -> dict[str, object]:
             "answer": answer,
             "ask": lambda q: engine.ask(q, channel="api"),
             "api": api,
-            "api_thread": lambda q: call(in_process, "POST", "/api/ask", {"question": q}),
+            "api_thread": functools.partial(ask, in_process),
         }, questions)  # fmt: skip
-        # the goal's two sides alone in turn: among all five, the server process answers each question after
-        # this process has run it three times through its own copy of the model and index (search + answer,
-        # Engine.ask and the in-process server share that copy, warming the caches for one another and
-        # emptying them of the server process's)
+        # the goal's two sides alone in turn (among all five, this process's three runs of each question
+        # through its own copy of the model empty the caches of the server process's: see the docstring)
         pair = time_interleaved({"answer": answer, "api": api}, questions)
         # and in blocks, each side back to back: the server process with its model and index in the caches,
         # as when it answers a stream of questions, rather than after this process has run its own copy
@@ -293,13 +294,13 @@ def compare(folder: Path, model: str, queries: int, against: Path) -> dict[str, 
         for question in others:  # both servers' first calls and pages mapped in, not measured
             answer(question)
             for connection in servers.values():
-                call(connection, "POST", "/api/ask", {"question": question})
+                ask(connection, question)
         turns: dict[str, list[float]] = {name: [] for name in servers}
+        asks = {name: functools.partial(ask, connection) for name, connection in servers.items()}
         blocks: dict[str, list[float]] = {name: [] for name in ("this", "answer", "against")}
         for round_ in range(3):  # each round in the other order: neither server always goes first
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
-            asks = {name: lambda q, c=servers[name]: call(c, "POST", "/api/ask", {"question": q}) for name in order}
-            for name, samples in time_interleaved(asks, questions, rounds=1).items():
+            for name, samples in time_interleaved({n: asks[n] for n in order}, questions, rounds=1).items():
                 turns[name].extend(samples)
             for name, samples in time_blocks({order[0]: asks[order[0]], "answer": answer, order[1]: asks[order[1]]},
                                              questions, rounds=1).items():  # fmt: skip
