@@ -38,12 +38,15 @@ def need_chromium() -> None:
 
 
 @contextmanager
-def serving(root: Path, docs: Path, env_extra: dict[str, str] | None = None) -> Iterator[str]:
-    """`threatqa serve` over `docs` on a free loopback port; yields its URL."""
+def serving(
+    root: Path, docs: Path, env_extra: dict[str, str] | None = None, entry: tuple[str, ...] = ("-m", "threatqa.cli")
+) -> Iterator[str]:
+    """`threatqa serve` over `docs` on a free loopback port; yields its URL. `entry` runs another script
+    with the CLI's arguments (e.g. one that slows a handler down)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("THREATQA_")}
     env |= {"THREATQA_AUDIT": str(root / "audit.sqlite3"), "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    command = [sys.executable, "-m", "threatqa.cli", "serve", "--docs", str(docs), "--index", str(root / "index")]
+    command = [sys.executable, *entry, "serve", "--docs", str(docs), "--index", str(root / "index")]
     log_path = root / "server.log"
     log = log_path.open("w")
     process = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -51,12 +51,14 @@ def browser(served: tuple[str, Path]) -> Iterator[Any]:
 @pytest.fixture()
 def page(browser: Any, served: tuple[str, Path], request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh browser context (its own session and user) on the chat page, at desktop size."""
+    from playwright.sync_api import expect
+
     user = request.node.name.removeprefix("test_")[:40]
     context = browser.new_context(viewport=DESKTOP, extra_http_headers={"X-Forwarded-User": user})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=served[0])
     page = context.new_page()
     page.goto(served[0] + "/")
-    page.get_by_label("Your question").wait_for()
+    expect(page.get_by_label("Your question")).to_be_editable()  # the page's load is done: the chat is filled
     yield page
     context.close()
 
@@ -266,8 +268,9 @@ def test_empty_question_gets_a_gentle_inline_message(page: Any) -> None:
 def test_page_is_accessible(page: Any, served: tuple[str, Path]) -> None:
     if not AXE.exists():
         pytest.skip(f"{AXE} is missing: run `make axe` (CI does)")
-    focused = page.evaluate("document.activeElement.getAttribute('data-testid')")
-    assert focused == "textbox"  # the question box has the focus on load
+    from playwright.sync_api import expect
+
+    expect(page.get_by_label("Your question")).to_be_focused()  # the question box has the focus once it opens
     assert page.get_by_role("button", name="Ask").count() == 1
     ask(page, PEOPLE)
     reply = wait_for_replies(page, 1)

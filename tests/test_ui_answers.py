@@ -17,7 +17,7 @@ from threatqa.answer import answer_from_json, format_markdown, lead, plain_text
 from threatqa.api import Gate, create_app
 from threatqa.config import Settings
 from threatqa.engine import Engine
-from threatqa.ui import EMPTY_TEXT, _Handlers
+from threatqa.ui import EMPTY_TEXT, QUESTION_TEXT, _Handlers
 from threatqa.ui_format import answer_links, format_answer
 
 COCAINE = "How much cocaine is consumed in the United Kingdom every year?"
@@ -126,7 +126,9 @@ def test_history_is_per_user(engine: Engine, report_settings: Settings) -> None:
     alice = handlers.history(Request("alice"))[0]  # type: ignore[arg-type]
     assert [m["role"] for m in alice] == ["user", "assistant"]
     assert "cocaine" in alice[0]["content"] and "hostile" not in json.dumps(alice)
-    assert handlers.history(Request("carol"))[0] == []  # type: ignore[arg-type]
+    carol = handlers.history(Request("carol"))  # type: ignore[arg-type]
+    assert carol[0] == []
+    assert carol[3].interactive is True and carol[3].placeholder == QUESTION_TEXT  # the box opens once filled
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,8 @@ EXAMPLE_QUESTIONS = (
 BUSY_TEXT = "The server is busy answering other questions; try again in a moment."
 UNRECORDED_TEXT = "The audit log could not be written, so the question was not answered; try again later."
 EMPTY_TEXT = "Type a question first, then press Ask."
+QUESTION_TEXT = "Ask a question…"
+LOADING_TEXT = "Loading your conversation…"
 _THEME_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 _MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 CSS = """
@@ -99,6 +101,12 @@ HEAD = """<script>
 })();
 </script>"""
 COPY_JS = "async (text) => { if (text) await navigator.clipboard.writeText(text); }"
+# once the question box opens, the cursor goes to it, unless the user has already gone elsewhere on the page
+FOCUS_JS = """() => { let tries = 0; const focus = () => {
+  const box = document.querySelector("#tqa-question textarea");
+  if (!box || (document.activeElement && document.activeElement !== document.body)) return;
+  if (box.disabled) { if (tries++ < 40) setTimeout(focus, 50); return; }  // the page shows the open box soon
+  box.focus(); }; focus(); }"""
 
 
 def theme() -> gr.themes.Base:
@@ -133,9 +141,11 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
                     allow_tags=False, buttons=[], elem_id="tqa-chat", placeholder="Ask a question about the documents.",
                     autoscroll=False, layout="panel",
                 )  # fmt: skip
+                # closed until the page's load has filled the chat: a reply that came back first would be
+                # overwritten by the (older) history, and vanish from the user's view
                 question = gr.Textbox(
-                    label="Your question", placeholder="Ask a question…", lines=1,
-                    elem_id="tqa-question", submit_btn="Ask", autofocus=True,
+                    label="Your question", placeholder=LOADING_TEXT, lines=1,
+                    elem_id="tqa-question", submit_btn="Ask", interactive=False,
                 )  # fmt: skip
                 hint = gr.Markdown("", elem_id="tqa-hint", latex_delimiters=[])
                 copy = gr.Button("Copy answer", elem_id="tqa-copy", size="sm", variant="secondary", scale=0)
@@ -164,7 +174,9 @@ def build_ui(engine: Engine, settings: Settings, gate: Gate) -> gr.Blocks:
             handlers.view, [pick, current], [context, reference], api_name="context", api_visibility="undocumented"
         )
         copy.click(None, [copied], None, js=COPY_JS)
-        blocks.load(handlers.history, None, [chat, status, only], api_visibility="undocumented")
+        blocks.load(handlers.history, None, [chat, status, only, question], api_visibility="undocumented").then(
+            None, js=FOCUS_JS
+        )
         gr.api(handlers.ask_json, api_name="ask")
     return blocks
 
@@ -285,14 +297,15 @@ class _Handlers:
 
     def history(self, request: gr.Request) -> tuple[Any, ...]:
         """When the page loads: the user's previous questions and replies (from the audit log), the status
-        line and the documents they may search."""
+        line, the documents they may search, and the question box, open now that the chat is filled."""
         access = request_access(self.settings, request.headers if request else None)
         choices = [(f"{d.title} ({d.path})", d.id) for d in self.engine.documents(access)]
         try:
             messages = history_messages(self.engine.audit, access.user, MAX_HISTORY // 2)
         except AuditError:  # no log yet, or unreadable: an empty chat
             messages = []
-        return messages, status_text(self.engine, access), gr.Dropdown(choices=choices)
+        opened = gr.Textbox(interactive=True, placeholder=QUESTION_TEXT)
+        return messages, status_text(self.engine, access), gr.Dropdown(choices=choices), opened
 
 
 def _sentence(message: str) -> str:
