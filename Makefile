@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the pip that installs the lock, itself hash-checked: the one a venv starts with (23.2 on Python 3.11) does not
+# hold a dependency's extra to the locked version (justext's `lxml[html_clean]` took lxml's newest release in
+# --require-hashes mode, which then refused it as unpinned); `make lock` writes its hashes
+PIP_VERSION := 26.3
+PIP_LOCK := requirements-pip.lock
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run index test lint format test-slow test-browser chromium axe audit-deps ci eval bench load lock
@@ -10,8 +15,9 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock $(PIP_LOCK)
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --require-hashes --only-binary :all: -r $(PIP_LOCK)
 	# the CPU build of PyTorch first; an unpinned torch would pull several GB of CUDA packages. Its dependencies
 	# are in the lock, so they come hash-checked with the rest
 	$(BIN)/pip install --quiet --no-deps torch==2.13.0
@@ -47,8 +53,8 @@ test-slow: $(STAMP) ## the slow tests (evaluation targets, kill-mid-build)
 test-browser: $(STAMP) chromium axe ## real-browser tests with Debian's Chromium (installs it when missing)
 	$(BIN)/pytest -m browser
 
-audit-deps: $(STAMP) ## pip-audit over requirements.lock (fails on a known vulnerability)
-	$(BIN)/python .ci/audit_deps.py requirements.lock
+audit-deps: $(STAMP) ## pip-audit over requirements.lock and requirements-pip.lock (fails on a known vulnerability)
+	$(BIN)/python .ci/audit_deps.py requirements.lock $(PIP_LOCK)
 
 ci: audit-deps test chromium axe ## everything CI runs: the README's `make test`, then the slow and browser tests
 	$(BIN)/pytest -m "slow or browser"
@@ -74,15 +80,19 @@ $(AXE_DIR)/axe.min.js:
 	tar -xzf $(AXE_DIR)/axe-core-$(AXE_VERSION).tgz -C $(AXE_DIR) --strip-components=1 package/axe.min.js package/LICENSE
 	rm $(AXE_DIR)/axe-core-$(AXE_VERSION).tgz
 
-lock: ## re-resolve the dependencies into requirements.lock, with the sha256 of every file (in a scratch venv)
+lock: ## re-resolve the dependencies into requirements.lock and pip into requirements-pip.lock, with the sha256 of every file (in a scratch venv)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet uv==0.13.8
+	echo 'pip==$(PIP_VERSION)' | .lock-venv/bin/uv pip compile - --no-config --generate-hashes --no-annotate \
+	    --custom-compile-command 'make lock' --quiet --output-file $(PIP_LOCK)
+	# the dependencies are resolved by the same pip that installs them
+	.lock-venv/bin/pip install --quiet --require-hashes --only-binary :all: -r $(PIP_LOCK)
 	.lock-venv/bin/pip install --quiet torch==2.13.0 && .lock-venv/bin/pip install --quiet '.[dev]'
 	# pip's resolution fixes every version; uv writes them out for any platform and any Python from this one up,
 	# with the hashes of all their files. torch stays out of the lock (set-up installs this build of it first),
-	# and so does pip (the venv's own)
+	# and so does pip ($(PIP_LOCK) has it)
 	.lock-venv/bin/pip freeze --all --exclude threatqa > .lock-venv/pins.txt
 	.lock-venv/bin/pip download --quiet --no-deps --dest .lock-venv/torch torch==2.13.0
-	.lock-venv/bin/pip install --quiet uv==0.13.8
 	.lock-venv/bin/uv pip compile pyproject.toml --extra dev --constraints .lock-venv/pins.txt \
 	    --find-links .lock-venv/torch --no-emit-package torch --no-emit-package pip --no-config \
 	    --universal --python-version "$$(.lock-venv/bin/python -c 'import platform; print(platform.python_version())')" \

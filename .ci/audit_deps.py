@@ -1,4 +1,4 @@
-"""Audit the locked dependencies for known vulnerabilities with pip-audit.
+"""Audit the locked dependencies (every lock file named, requirements.lock by default) with pip-audit.
 
 Fails (exit 1) on any known vulnerability. pip-audit reads per-version data from PyPI's JSON API;
 where the network's package registry does not serve it, every package is skipped: that is said
@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 
-def main(lock: str) -> int:
-    command = [sys.executable, "-m", "pip_audit", "-r", lock, "--no-deps", "--disable-pip", "--format", "json",
+def main(locks: list[str]) -> int:
+    requirements = [arg for lock in locks for arg in ("-r", lock)]
+    command = [sys.executable, "-m", "pip_audit", *requirements, "--no-deps", "--disable-pip", "--format", "json",
                "--progress-spinner", "off"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     try:
@@ -35,4 +36,4 @@ def main(lock: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "requirements.lock"))
+    sys.exit(main(sys.argv[1:] or ["requirements.lock"]))
