@@ -31,7 +31,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_index_then_ask_json(cli_env: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     index = cli_env / "index"
     assert main(["index", "--docs", str(docs), "--index", str(index)]) == 0
-    assert "indexed 1 documents" in capsys.readouterr().out
+    assert "indexed 1 document into" in capsys.readouterr().out
     assert main(["ask", "--index", str(index), "--docs", str(docs), "-k", "3", "--json", QUESTION]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
@@ -57,7 +57,7 @@ def test_ask_reads_questions_from_stdin_in_one_process(cli_env: Path, docs: Path
         "Who is watching hostile states?", "banana bread recipe", "What is ChatGPT used for?"
     ]  # fmt: skip
     assert [a["answered"] for a in answers] == [True, False, True]
-    assert result.stderr.count("indexed 1 documents") == 1, "the index is built once, on the first question"
+    assert result.stderr.count("indexed 1 document into") == 1, "the index is built once, on the first question"
 
 
 def test_ask_text_output_numbers_and_cites(cli_env: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:

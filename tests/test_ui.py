@@ -10,8 +10,16 @@ import pytest
 from threatqa.answer import ABSTAIN_TEXT
 from threatqa.api import Gate
 from threatqa.config import Settings
-from threatqa.engine import Engine
-from threatqa.ui import best_sentence, build_ui, escape_markdown, format_answer, format_context, marked
+from threatqa.engine import Engine, counted
+from threatqa.ui import (
+    best_sentence,
+    build_ui,
+    escape_markdown,
+    format_answer,
+    format_context,
+    marked,
+    status_text,
+)
 
 HOSTILE = "<img src=x onerror=alert(1)> <script>alert(2)</script> ![x](http://127.0.0.2/x.png) $$x$$ [a](b) *b* `c`"
 
@@ -53,6 +61,12 @@ def test_marked_wraps_each_paragraph_of_the_span() -> None:
 
     text = "One <b>.\n\nTwo.\n\nThree."
     assert marked(text, Span(0, 15)) == "<mark>One &lt;b&gt;\\.</mark>\n\n<mark>Two\\.</mark>\n\nThree\\."
+
+
+def test_status_line_counts_as_people_write_them(engine: Engine) -> None:
+    assert [counted(n, "document") for n in (0, 1, 2)] == ["0 documents", "1 document", "2 documents"]
+    assert (engine.status().documents, engine.status().passages) == (1, 10)  # the corpus alone
+    assert "· 1 document · 10 passages ·" in status_text(engine)
 
 
 def test_format_answer_quotes_cites_and_highlights(engine: Engine) -> None:

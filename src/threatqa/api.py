@@ -43,7 +43,7 @@ from threatqa.api_answers import add_answer_routes, checkable
 from threatqa.api_roles import add_role_routes
 from threatqa.auth import TOKEN_COOKIE, check_auth_settings, presented_tokens, request_access, token_access
 from threatqa.config import Settings
-from threatqa.engine import MAX_DOCUMENT_FILTER, MAX_K, Engine
+from threatqa.engine import MAX_DOCUMENT_FILTER, MAX_K, Engine, counted
 from threatqa.errors import AuditError, QuestionError, QuestionTooLong, ThreatQAError
 from threatqa.ui import BUSY_TEXT, CSS, HEAD, build_ui, theme
 from threatqa.verify import answers_from_json, verify_answers
@@ -536,8 +536,8 @@ def serve(settings: Settings) -> None:
     app = create_app(settings, engine)
     status = engine.status()
     print(
-        f"threatqa: {status.mode} mode (model: {status.model or 'none'}), {status.documents} documents, "
-        f"{status.passages} passages "
+        f"threatqa: {status.mode} mode (model: {status.model or 'none'}), {counted(status.documents, 'document')}, "
+        f"{counted(status.passages, 'passage')} "
         f"(index {status.index_version}); serving on http://{settings.host}:{settings.port}{settings.root_path}/",
         flush=True,
     )

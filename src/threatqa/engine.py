@@ -557,11 +557,17 @@ def chunk_config(settings: Settings) -> ChunkConfig:
     return ChunkConfig(settings.chunk_size, settings.chunk_overlap, settings.chunk_max, settings.chunk_window)
 
 
+def counted(number: int, noun: str) -> str:
+    """ "1 document", "2 documents": a count as people write it."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def describe_build(report: BuildReport) -> str:
+    documents, passages = counted(report.documents, "document"), counted(report.passages, "passage")
     if not report.changed:
-        return f"index {report.version} is up to date ({report.documents} documents, {report.passages} passages)"
+        return f"index {report.version} is up to date ({documents}, {passages})"
     return (
-        f"indexed {report.documents} documents into {report.passages} passages ({report.mode} mode, version "
+        f"indexed {documents} into {passages} ({report.mode} mode, version "
         f"{report.version}): {len(report.added)} added, {len(report.updated)} changed, {len(report.removed)} "
         f"removed; {report.embedded} windows embedded, {report.reused} reused, in {report.seconds:.1f} s"
     )

@@ -17,7 +17,7 @@ import gradio as gr
 from threatqa.answer import Answer, best_sentence, plain_text
 from threatqa.auth import request_access, request_user  # who is asking: one answer for the UI and the API
 from threatqa.config import Settings
-from threatqa.engine import Engine
+from threatqa.engine import Engine, counted
 from threatqa.errors import AuditError, QuestionError, ThreatQAError
 from threatqa.policy import Access
 from threatqa.ui_format import (
@@ -118,7 +118,7 @@ def status_text(engine: Engine, access: Access | None = None) -> str:
     status = engine.status(access)
     policy = engine.labels().policy
     line = (
-        f"Mode: **{status.mode}** · {status.documents} documents · {status.passages} passages · "
+        f"Mode: **{status.mode}** · {counted(status.documents, 'document')} · {counted(status.passages, 'passage')} · "
         f"index {escape_markdown(status.index_version)}"
         + (f" · need-to-know policy {policy.version[:12]}" if policy else "")  # the version citations name
     )
