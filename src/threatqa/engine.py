@@ -558,7 +558,7 @@ def chunk_config(settings: Settings) -> ChunkConfig:
 
 
 def counted(number: int, noun: str) -> str:
-    """ "1 document", "2 documents": a count as people write it."""
+    """A count as people write it: "1 document", "2 documents"."""
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
